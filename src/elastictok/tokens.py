@@ -1,0 +1,84 @@
+"""A batch of variable-length encodings.
+
+Token counts here always mean **the number of tokens kept** in a block, in [1, tokens_per_block].
+The official code is off by one in places: its training sampler and adaptive search build the mask
+``arange(T) <= n`` and so keep ``n + 1`` tokens while reporting ``n`` ("Tokens Used"); its fixed-count
+helpers use ``arange(T) < n`` and keep ``n``. An official reported count ``n`` from the search is our
+``min(n + 1, T)``; an official fixed-count ``n`` is our ``n``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass
+class Tokens:
+    """Encodings of a batch of videos, block by block.
+
+    - ``counts`` (B, n_blocks) long: tokens kept per block.
+    - ``values``: FSQ indices (B, n_blocks, T) long, or VAE latents (B, n_blocks, T, D) float, where T
+      is the model's tokens per block. Entries at positions >= the block's count are padding and are
+      ignored by the decoder.
+    - ``num_frames``: the true frame count of the input (the last block may be padded by repeating
+      the last frame); ``frame_size`` (H, W) of the input.
+    """
+
+    counts: torch.Tensor
+    values: torch.Tensor
+    kind: str
+    num_frames: int
+    frame_size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("fsq", "vae"):
+            raise ValueError(f"Tokens.kind must be 'fsq' or 'vae', got {self.kind!r}")
+        expected_rank = 3 if self.kind == "fsq" else 4
+        if self.counts.ndim != 2 or self.values.ndim != expected_rank or self.values.shape[:2] != self.counts.shape:
+            raise ValueError(
+                f"Tokens: expected counts (B, n_blocks) and {self.kind} values of rank {expected_rank} starting "
+                f"with the same (B, n_blocks); got counts {tuple(self.counts.shape)}, values {tuple(self.values.shape)}"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        return self.counts.shape[0]
+
+    @property
+    def num_blocks(self) -> int:
+        return self.counts.shape[1]
+
+    @property
+    def tokens_per_block(self) -> int:
+        return self.values.shape[2]
+
+    @property
+    def total_tokens(self) -> torch.Tensor:
+        """(B,) tokens kept over all blocks."""
+        return self.counts.sum(1)
+
+    def keep_mask(self) -> torch.Tensor:
+        """(B, n_blocks, T) boolean: True at kept positions."""
+        pos = torch.arange(self.tokens_per_block, device=self.counts.device)
+        return pos < self.counts[..., None]
+
+    def block(self, b: int, i: int) -> torch.Tensor:
+        """The kept tokens of block i of sample b: (n,) indices or (n, D) latents."""
+        return self.values[b, i, : int(self.counts[b, i])]
+
+    def to_list(self) -> list[torch.Tensor]:
+        """One flat sequence per sample, the kept tokens of each block in order, for a language model.
+
+        FSQ gives (N_b,) long indices, VAE (N_b, D) latents. Block boundaries are ``counts``.
+        """
+        return [torch.cat([self.block(b, i) for i in range(self.num_blocks)]) for b in range(self.batch_size)]
+
+    def to(self, device: torch.device | str) -> "Tokens":
+        return replace(self, counts=self.counts.to(device), values=self.values.to(device))
+
+    def select(self, index: int | slice) -> "Tokens":
+        """Samples of the batch (a single int keeps the batch axis)."""
+        idx = slice(index, index + 1) if isinstance(index, int) else index
+        return replace(self, counts=self.counts[idx], values=self.values[idx])
