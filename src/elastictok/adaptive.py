@@ -1,0 +1,201 @@
+"""Adaptive encoding: per block, the fewest tokens that meet a quality target, given the blocks before it.
+
+Blocks are coded in order through the model's KV-cached block path. For each block a search
+(:mod:`elastictok.search`) asks whether a candidate count meets the target; each candidate costs one
+encoder + decoder pass over that block only, attending to the committed earlier blocks. The winning
+candidate's keys/values are kept and committed directly, so no extra commit pass and no final
+whole-sequence pass are needed (the block path equals the whole-sequence path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .metrics import block_mse, mse_to_psnr, ssim
+from .model import BlockStep, ElasticTok, StreamState
+from .search import SEARCHES, run_search
+from .tokens import Tokens
+
+METRICS = ("mse", "psnr", "ssim", "lpips")
+HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "lpips": False}
+DEFAULT_THRESHOLDS = {"mse": 0.003, "psnr": 31.25, "ssim": 0.9, "lpips": 0.1}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A quality target: ``metric`` must reach ``threshold`` on each block.
+
+    MSE is the official block MSE on [-1, 1] pixels; PSNR is in dB on the [0, 1] scale (0.003 MSE is
+    31.25 dB); SSIM and LPIPS (AlexNet) are averaged over the block's frames. A block meets an MSE or
+    LPIPS target when its value is <= the threshold, and a PSNR or SSIM target when it is >=.
+    """
+
+    metric: str = "mse"
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; expected one of {METRICS}")
+        if self.threshold is None:
+            object.__setattr__(self, "threshold", DEFAULT_THRESHOLDS[self.metric])
+
+    def met(self, value: float) -> bool:
+        return value >= self.threshold if HIGHER_IS_BETTER[self.metric] else value <= self.threshold
+
+
+class BlockScorer:
+    """Scores a reconstructed block against its input with one metric."""
+
+    def __init__(self, model: ElasticTok, metric: str, frame_size: tuple[int, int]) -> None:
+        self.model, self.metric, self.frame_size = model, metric, frame_size
+        self._lpips = None
+        if metric == "lpips":
+            from .lpips import LPIPS
+
+            self._lpips = LPIPS("alex").to(model.encoder.in_proj.weight.device)
+        if metric == "ssim" and min(frame_size) < 11:
+            raise ValueError(f"ssim needs frames of at least 11x11, got {frame_size[0]}x{frame_size[1]}")
+
+    def __call__(self, recon: torch.Tensor, target: torch.Tensor) -> float:
+        """recon, target: one block's patches (1, T, P)."""
+        T = recon.shape[1]
+        if self.metric in ("mse", "psnr"):
+            mse = float(block_mse(recon, target, T)[0, 0])
+            return mse if self.metric == "mse" else float(mse_to_psnr(mse))
+        frames = self.model.config.frames_per_block
+        a = self.model.unpatchify(recon.float().clamp(-1, 1), frames, self.frame_size)[0].transpose(0, 1)  # (F, 3, H, W)
+        b = self.model.unpatchify(target.float(), frames, self.frame_size)[0].transpose(0, 1)
+        if self.metric == "ssim":
+            return float(ssim(a, b).mean())
+        return float(self._lpips(a, b).mean())
+
+
+@dataclass
+class BlockChoice:
+    count: int
+    value: float  # the target metric at that count
+    evaluations: int
+
+
+@dataclass
+class AdaptiveResult:
+    tokens: Tokens
+    recon: torch.Tensor  # (B, 3, T, H, W)
+    choices: list[list[BlockChoice]] = field(default_factory=list)  # [sample][block]
+
+    @property
+    def evaluations(self) -> int:
+        return sum(c.evaluations for sample in self.choices for c in sample)
+
+
+class _BlockCoder:
+    """Codes one block at candidate counts against a fixed past, remembering the winner's state."""
+
+    def __init__(self, model: ElasticTok, patches: torch.Tensor, state: StreamState, scorer: BlockScorer) -> None:
+        self.model, self.patches, self.state, self.scorer = model, patches, state, scorer
+        self.steps: dict[int, BlockStep] = {}
+        self.values: dict[int, float] = {}
+        self.z_pre = None
+        if model.config.encoder_conditioning == "none":
+            # The unconditioned encoder does not see the count: encode once, decode per candidate.
+            full = torch.tensor([patches.shape[1]], device=patches.device)
+            self.z_pre, _, self.enc_kv = model.encode_block(patches, full, state)
+
+    def step(self, n: int) -> BlockStep:
+        counts = torch.tensor([n], device=self.patches.device)
+        if self.z_pre is None:
+            return self.model.code_block(self.patches, counts, self.state)
+        keep = torch.arange(self.patches.shape[1], device=self.patches.device) < counts[:, None]
+        codes, _, _ = self.model.quantize(self.z_pre, keep)
+        recon, dec_kv = self.model.decode_block(codes, self.state)
+        return BlockStep(counts, self.z_pre, codes, recon, self.enc_kv, dec_kv)
+
+    def evaluate(self, n: int, keep_if: Callable[[float], bool]) -> float:
+        step = self.step(n)
+        value = self.scorer(step.recon, self.patches)
+        self.values[n] = value
+        # Keep only steps that may win (passing ones, smallest first, and the fallback) to bound memory.
+        if keep_if(value):
+            for m in [m for m in self.steps if m > n]:
+                del self.steps[m]
+            if not any(m < n for m in self.steps):
+                self.steps[n] = step
+        return value
+
+    def final(self, n: int) -> BlockStep:
+        return self.steps.get(n) or self.step(n)
+
+
+@torch.no_grad()
+def encode_adaptive(
+    model: ElasticTok,
+    video: torch.Tensor,
+    target: Target | None = None,
+    search: str = "fast",
+    min_tokens: int | None = None,
+    max_tokens: int | None = None,
+    num_tokens: int | None = None,
+    context_blocks: int | None = None,
+    on_block: Callable[[int, int], None] | None = None,
+) -> AdaptiveResult:
+    """Encode ``video`` (B, 3, T, H, W) in [-1, 1] block by block.
+
+    With ``num_tokens`` every block keeps that many tokens; otherwise each block gets the fewest
+    tokens in [min_tokens, max_tokens] (default: the model's minimum and every token) that meet
+    ``target`` (default: the official MSE 0.003), falling back to max_tokens. ``context_blocks``
+    bounds how many earlier blocks each block attends to (default: all). ``on_block(i, n)`` is called
+    after each block, for progress bars.
+    """
+    from .checks import check_video
+
+    check_video(video, model.config)
+    if search not in SEARCHES:
+        raise ValueError(f"unknown search {search!r}; expected one of {SEARCHES}")
+    target = target or Target()
+    frame_size = tuple(video.shape[-2:])
+    T = model.config.tokens_per_block(frame_size)
+    lo = model.config.min_tokens(frame_size) if min_tokens is None else min_tokens
+    hi = T if max_tokens is None else max_tokens
+    if not 1 <= lo <= hi <= T:
+        raise ValueError(f"expected 1 <= min tokens ({lo}) <= max tokens ({hi}) <= {T} tokens per block")
+    if num_tokens is not None and not 1 <= num_tokens <= T:
+        raise ValueError(f"expected num_tokens in [1, {T}], got {num_tokens}")
+    num_frames = video.shape[2]
+    padded = model.pad_frames(video)
+    n_blocks = padded.shape[2] // model.config.frames_per_block
+    scorer = BlockScorer(model, target.metric, frame_size)
+    all_counts, all_codes, all_recon, choices = [], [], [], []
+    for b in range(video.shape[0]):
+        patches = model.patchify(padded[b : b + 1])  # (1, L, P)
+        state = model.new_state(frame_size)
+        counts, codes, recon, sample_choices = [], [], [], []
+        for i in range(n_blocks):
+            coder = _BlockCoder(model, patches[:, i * T : (i + 1) * T], state, scorer)
+            if num_tokens is not None:
+                n, evals = num_tokens, 1
+                coder.evaluate(n, lambda v: True)
+            else:
+                start = counts[-1] if counts else None
+                n, evals = run_search(search, lambda m: target.met(coder.evaluate(m, target.met)), lo, hi, start)
+            step = coder.final(n)
+            model.commit(state, step, context_blocks)
+            value = coder.values.get(n)
+            if value is None:  # the fallback count was never scored
+                value = scorer(step.recon, coder.patches)
+            counts.append(n)
+            codes.append(step.codes)
+            recon.append(step.recon)
+            sample_choices.append(BlockChoice(n, value, evals))
+            if on_block is not None:
+                on_block(i, n)
+        all_counts.append(torch.tensor(counts))
+        all_codes.append(torch.cat(codes, 1))
+        all_recon.append(model.unpatchify(torch.cat(recon, 1).float(), padded.shape[2], frame_size)[:, :, :num_frames])
+        choices.append(sample_choices)
+    codes = torch.cat(all_codes)  # (B, L, D)
+    values = model.codes_to_values(codes).unflatten(1, (n_blocks, T)).cpu()
+    tokens = Tokens(torch.stack(all_counts), values, model.config.bottleneck, num_frames, frame_size)
+    return AdaptiveResult(tokens, torch.cat(all_recon), choices)

@@ -1,0 +1,145 @@
+"""From files to tokens and reconstructions: the library calls behind the CLI verbs."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from . import io
+from .config import ElasticTokConfig
+from .metrics import block_mse, mse_to_psnr
+from .model import ElasticTok
+from .tokens import Tokens
+
+
+def input_size(path: str | Path, config: ElasticTokConfig, resolution: int | None = None) -> tuple[int, int]:
+    """The (H, W) a file is resized and cropped to before coding.
+
+    A 1-D RoPE model (the official kind) only takes its training size. An axial model keeps the
+    aspect ratio: the shorter side becomes ``resolution`` (default: the model's training size) and
+    both sides are cut down to multiples of the patch size.
+    """
+    if config.rope == "1d":
+        if resolution is not None and (resolution, resolution) != tuple(config.frame_size):
+            raise ValueError(f"this model only takes {config.frame_size[0]}x{config.frame_size[1]} frames; drop --resolution")
+        return config.frame_size
+    if io.is_video_path(path):
+        info = io.video_info(path)
+        h, w = info.height, info.width
+    else:
+        with Image.open(path) as image:
+            w, h = image.size
+    short = resolution or min(config.frame_size)
+    scale = short / min(h, w)
+    _, hp, wp = config.patch_size
+    th, tw = max(hp, int(h * scale) // hp * hp), max(wp, int(w * scale) // wp * wp)
+    return th, tw
+
+
+def load_input(
+    path: str | Path,
+    config: ElasticTokConfig,
+    resolution: int | None = None,
+    fps: float | None = None,
+    max_frames: int | None = None,
+) -> tuple[torch.Tensor, float | None]:
+    """Read an image or video as a (1, 3, T, H, W) batch at the size the model takes."""
+    size = input_size(path, config, resolution)
+    video, rate = io.load_media(path, size=size, fps=fps, max_frames=max_frames)
+    return video.unsqueeze(0), rate
+
+
+@dataclass
+class Reconstruction:
+    video: torch.Tensor  # (1, 3, T, H, W) input
+    recon: torch.Tensor  # (1, 3, T, H, W)
+    tokens: Tokens
+    fps: float | None
+    seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def block_stats(self, config: ElasticTokConfig) -> list[dict[str, Any]]:
+        """Per block: tokens kept, the maximum, official block MSE on [-1, 1] pixels, and PSNR."""
+        T = self.tokens.tokens_per_block
+        model_frames = self.tokens.num_blocks * config.frames_per_block
+        pad = model_frames - self.video.shape[2]
+        # Pad both sides the same way the encoder did, so each block is scored on what was coded.
+        video = torch.cat((self.video, self.video[:, :, -1:].expand(-1, -1, pad, -1, -1)), 2) if pad else self.video
+        recon = torch.cat((self.recon, self.recon[:, :, -1:].expand(-1, -1, pad, -1, -1)), 2) if pad else self.recon
+        mse = block_mse(_patches(video, config), _patches(recon, config), T)[0]
+        return [
+            {"block": i, "tokens": int(self.tokens.counts[0, i]), "max_tokens": T, "mse": float(m), "psnr": float(mse_to_psnr(float(m)))}
+            for i, m in enumerate(mse)
+        ]
+
+    def stats(self, config: ElasticTokConfig) -> dict[str, Any]:
+        blocks = self.block_stats(config)
+        mse = float(torch.mean(torch.tensor([b["mse"] for b in blocks])))
+        return {
+            "blocks": blocks,
+            "total_tokens": int(self.tokens.total_tokens[0]),
+            "max_total_tokens": self.tokens.num_blocks * self.tokens.tokens_per_block,
+            "token_fraction": float(self.tokens.total_tokens[0]) / (self.tokens.num_blocks * self.tokens.tokens_per_block),
+            "mean_mse": mse,
+            "mean_psnr": float(sum(b["psnr"] for b in blocks) / len(blocks)),
+            "frames": int(self.video.shape[2]),
+            "frame_size": list(self.tokens.frame_size),
+            "fps": self.fps,
+            "settings": self.settings,
+            "seconds": self.seconds,
+        }
+
+
+def _patches(video: torch.Tensor, config: ElasticTokConfig) -> torch.Tensor:
+    tp, hp, wp = config.patch_size
+    B, C, T, H, W = video.shape
+    x = video.reshape(B, C, T // tp, tp, H // hp, hp, W // wp, wp).permute(0, 2, 4, 6, 3, 5, 7, 1)
+    return x.reshape(B, -1, tp * hp * wp * C)  # (B, L, P), the model's token order
+
+
+def reconstruct(model: ElasticTok, video: torch.Tensor, num_tokens: int | torch.Tensor | None = None, fps=None) -> Reconstruction:
+    """Encode at a fixed count (None = every token) and decode."""
+    start = time.perf_counter()
+    tokens = model.encode(video, num_tokens)
+    recon = model.decode(tokens)
+    settings = {"mode": "fixed", "num_tokens": num_tokens if isinstance(num_tokens, int) or num_tokens is None else "per-block"}
+    return Reconstruction(video, recon, tokens, fps, time.perf_counter() - start, settings)
+
+
+def side_by_side(video: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """(3, T, H, W) pair -> (3, T, H, 2W + gap): original left, reconstruction right."""
+    gap = torch.ones_like(video[..., :4])
+    return torch.cat((video, gap, recon), dim=-1)
+
+
+def write_reconstruction(result: Reconstruction, config: ElasticTokConfig, out_dir: str | Path, extra: dict | None = None) -> dict:
+    """Write recon.png|mp4, compare.png|mp4 and stats.json into ``out_dir``; return the stats."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    video, recon = result.video[0], result.recon[0]
+    if result.fps is None:  # an image
+        io.save_image(recon[:, 0], out / "recon.png")
+        io.save_image(side_by_side(video, recon)[:, 0], out / "compare.png")
+    else:
+        io.save_video(recon, out / "recon.mp4", result.fps)
+        io.save_video(side_by_side(video, recon), out / "compare.mp4", result.fps)
+    stats = result.stats(config) | (extra or {})
+    tmp = out / "stats.json.tmp"
+    tmp.write_text(json.dumps(stats, indent=2, default=_json_default) + "\n")
+    tmp.replace(out / "stats.json")
+    return stats
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, float) and math.isinf(value):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")

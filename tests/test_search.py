@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from elastictok.adaptive import Target, encode_adaptive
+from elastictok.metrics import block_mse
+from elastictok.search import binary, fast, full, grid, grid_candidates, official_binary, run_search
+
+from helpers import PARITY, need_dir, random_video, tiny
+
+
+def threshold_at(k: int):
+    return lambda n: n >= k
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_searches_agree_on_monotone_targets(seed):
+    rng = random.Random(seed)
+    for _ in range(200):
+        lo = rng.randint(1, 300)
+        hi = rng.randint(lo, 4096)
+        k = rng.randint(lo, hi + 3)  # beyond hi: nothing passes
+        expected = min(k, hi) if k <= hi else hi
+        start = rng.randint(lo, hi)
+        assert binary(threshold_at(k), lo, hi)[0] == expected
+        assert full(threshold_at(k), lo, hi)[0] == expected
+        assert fast(threshold_at(k), lo, hi, start)[0] == expected
+        g = [c for c in grid_candidates(lo, hi) if c >= k]
+        assert grid(threshold_at(k), lo, hi)[0] == (g[0] if g else hi)
+
+
+def test_fast_is_cheap_near_its_start_and_bounded_far_away():
+    _, near = fast(threshold_at(1000), 256, 4096, start=1003)
+    _, far = fast(threshold_at(300), 256, 4096, start=4000)
+    _, bisect = binary(threshold_at(1000), 256, 4096)
+    _, exact = fast(threshold_at(1000), 256, 4096, start=1000)
+    assert exact == 2 and near <= 7 < bisect == 12
+    assert far <= 2 * bisect
+
+
+def test_full_finds_smallest_pass_even_when_not_monotone():
+    ok = lambda n: n in (7, 20) or n > 40  # noqa: E731
+    assert full(ok, 1, 64)[0] == 7
+
+
+def test_grid_matches_official_candidates():
+    c = grid_candidates(256, 4096)
+    assert c[0] == 256 and c[-1] == 4096 and len(c) <= 100
+    assert c == sorted(set(int(v) for v in np.exp2(np.linspace(8, 12, 100)).astype(int)))
+
+
+def test_binary_fixes_official_off_by_one():
+    # Kept counts >= 40 pass. The official loop reports n with n + 1 kept; it can stop on a failing mid.
+    loss = lambda kept: 0.0 if kept >= 40 else 1.0  # noqa: E731
+    reported, _ = official_binary(loss, 4, 64, 0.5)
+    ours, _ = binary(lambda n: loss(n) < 0.5, 4, 64)
+    assert ours == 40
+    assert min(reported + 1, 64) in (39, 40)  # 39 would be a failing count: the quirk
+    reported_all_fail, _ = official_binary(lambda kept: 1.0, 4, 64, 0.5)
+    assert reported_all_fail == 64
+
+
+def test_bad_ranges_and_names():
+    with pytest.raises(ValueError, match="min tokens <= max tokens"):
+        binary(threshold_at(3), 10, 5)
+    with pytest.raises(ValueError, match="unknown search"):
+        run_search("magic", threshold_at(3), 1, 5)
+    with pytest.raises(ValueError, match="unknown metric"):
+        Target("psnr2")
+
+
+def _parity_model(tmp_path, kind):
+    from elastictok import ElasticTok
+    from elastictok.cli import main
+
+    parity = need_dir(PARITY, "the official parity fixtures")
+    assert main(["convert-official", str(parity / f"params_{kind}.msgpack"), "--config", str(parity / "configs.json"),
+                 "--config-key", kind, "-o", str(tmp_path)]) == 0
+    x = torch.from_numpy(np.load(parity / "input_video.npz")[f"patches_{kind}_f32"])
+    return ElasticTok.from_pretrained(tmp_path), x, np.load(parity / f"ref_{kind}_search.npz")
+
+
+@pytest.mark.parametrize("kind", ["fsq", "vae"])
+def test_official_rule_reproduces_the_official_search(tmp_path, kind):
+    model, x, ref = _parity_model(tmp_path, kind)
+    T = model.config.tokens_per_block()
+    lo = model.config.min_tokens()
+    threshold = np.float32(ref["threshold"])
+    for b in range(x.shape[0]):
+        state = model.new_state()
+        for i in range(3):
+            patches = x[b : b + 1, i * T : (i + 1) * T]
+
+            def loss(kept):
+                step = model.code_block(patches, torch.tensor([kept]), state)
+                return np.float32(block_mse(step.recon, patches, T)[0, 0])
+
+            with torch.no_grad():
+                reported, tried = official_binary(loss, lo, T, threshold)
+                assert reported == ref["reported_ntoks"][b, i]
+                rows = (ref["trace_block"] == i) & ~ref["trace_is_commit"]
+                assert tried == list(ref["trace_kept"][rows, b][: len(tried)])
+                kept = min(reported + 1, T)
+                model.commit(state, model.code_block(patches, torch.tensor([kept]), state))
+    assert ref["kept_counts"].tolist() == np.minimum(ref["reported_ntoks"] + 1, T).tolist()
+
+
+@pytest.mark.parametrize("search", ["fast", "binary", "grid", "full"])
+@pytest.mark.parametrize("preset", ["tiny-fsq", "tiny-vae"])
+def test_adaptive_encode_meets_target_and_matches_decode(preset, search):
+    m = tiny(preset)
+    video = random_video(batch=1, frames=12, seed=3) * 0.3
+    # A threshold in the middle of this random model's range, so counts vary.
+    full_mse = block_mse(m.patchify(m.decode(m.encode(video))), m.patchify(video), m.config.tokens_per_block())
+    target = Target("mse", float(full_mse.mean()) * 1.02)
+    result = encode_adaptive(m, video, target, search=search)
+    counts = result.tokens.counts[0].tolist()
+    for c, choice in zip(counts, result.choices[0]):
+        assert choice.count == c
+        assert target.met(choice.value) or c == m.config.tokens_per_block()
+    # The block-by-block reconstruction is what decoding the tokens gives.
+    torch.testing.assert_close(result.recon, m.decode(result.tokens), rtol=0, atol=1e-5)
+
+
+def test_searches_pick_the_same_counts_on_a_model():
+    m = tiny("tiny-fsq")
+    video = random_video(batch=1, frames=8, seed=1) * 0.3
+    target = Target("psnr", 10.7)
+    picks = {s: encode_adaptive(m, video, target, search=s) for s in ["fast", "binary", "full"]}
+    # Random-weight models are not monotone in the count, so only full search is exact; the others
+    # must still return counts that meet the target or fall back to the maximum.
+    for s, r in picks.items():
+        for choice in r.choices[0]:
+            assert target.met(choice.value) or choice.count == 64, s
+
+
+def test_fixed_count_and_caps():
+    m = tiny("tiny-fsq")
+    video = random_video(batch=2, frames=8)
+    r = encode_adaptive(m, video, num_tokens=9)
+    assert torch.equal(r.tokens.counts, torch.full((2, 2), 9))
+    assert torch.equal(r.tokens.values, m.encode(video, 9).values)
+    capped = encode_adaptive(m, video, Target("mse", 1e-9), min_tokens=5, max_tokens=20)
+    assert capped.tokens.counts.max() <= 20  # nothing meets the target: fall back to the cap
+    easy = encode_adaptive(m, video, Target("mse", 10.0), min_tokens=5, max_tokens=20)
+    assert easy.tokens.counts.min() == 5
+    with pytest.raises(ValueError, match="min tokens"):
+        encode_adaptive(m, video, min_tokens=30, max_tokens=20)
+
+
+def test_unconditioned_model_encodes_once_per_block():
+    m = tiny("tiny-fsq", encoder_conditioning="none")
+    video = random_video(batch=1, frames=8) * 0.3
+    r = encode_adaptive(m, video, Target("mse", 0.05), search="binary")
+    torch.testing.assert_close(r.recon, m.decode(r.tokens), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["psnr", "ssim"])
+def test_other_metrics(metric):
+    m = tiny("tiny-axial")
+    video = random_video(batch=1, frames=4, size=(32, 32)) * 0.2
+    r = encode_adaptive(m, video, Target(metric))
+    assert len(r.choices[0]) == 1
