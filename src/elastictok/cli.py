@@ -62,7 +62,8 @@ def cmd_reconstruct(args) -> int:
     inputs = _inputs(args)
     for name, path in inputs:
         video, fps = load_input(path, model.config, args.resolution, args.fps, args.max_frames)
-        result = reconstruct(model, video.to(args.device), args.num_tokens, fps)
+        result = reconstruct(model, video.to(args.device), fps=fps, on_block=_progress(video, model, name),
+                             **_coding_kwargs(args))
         out = Path(args.output) / name if len(inputs) > 1 else Path(args.output)
         stats = write_reconstruction(result, model.config, out)
         print(
@@ -72,6 +73,48 @@ def cmd_reconstruct(args) -> int:
     if args.sample:
         (Path(args.output) / "_sample_clip.mp4").unlink(missing_ok=True)
     return 0
+
+
+def _coding_kwargs(args) -> dict:
+    from .adaptive import Target
+
+    target = None if args.num_tokens is not None else Target(args.metric, args.threshold)
+    return {"num_tokens": args.num_tokens, "target": target, "search": args.search, "min_tokens": args.min_tokens,
+            "max_tokens": args.max_tokens, "context_blocks": args.context_blocks}
+
+
+def _progress(video, model, name):
+    """A tqdm bar over blocks for videos (images are one block)."""
+    n_blocks = -(-video.shape[2] // model.config.frames_per_block)
+    if n_blocks <= 1:
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=n_blocks, desc=name, unit="block", leave=False)
+
+    def update(i: int, n: int) -> None:
+        bar.update(1)
+        bar.set_postfix(tokens=n)
+        if i == n_blocks - 1:
+            bar.close()
+
+    return update
+
+
+def _add_coding_args(p: argparse.ArgumentParser) -> None:
+    from .adaptive import METRICS
+    from .search import SEARCHES
+
+    p.add_argument("--metric", choices=METRICS, default="mse", help="quality target metric (default mse)")
+    p.add_argument("--threshold", type=float, help="target value (defaults: mse 0.003, psnr 31.25, ssim 0.9, lpips 0.1)")
+    p.add_argument("--num-tokens", type=int, help="keep this many tokens in every block instead of searching")
+    p.add_argument("--search", choices=SEARCHES, default="fast", help="token-count search (default fast)")
+    p.add_argument("--min-tokens", type=int, help="fewest tokens a block may get (default: the model's minimum)")
+    p.add_argument("--max-tokens", type=int, help="most tokens a block may get (default: all)")
+    p.add_argument("--context-blocks", type=int, help="earlier blocks each block attends to (default: all)")
+    p.add_argument("--resolution", type=int, help="shorter side in pixels for any-size models")
+    p.add_argument("--fps", type=float, help="resample video to this frame rate")
+    p.add_argument("--max-frames", type=int, help="read at most this many frames")
 
 
 def cmd_weights(args) -> int:
@@ -97,10 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", nargs="?", help="image or video file")
     p.add_argument("--sample", action="store_true", help="use the bundled sample image and clip")
     p.add_argument("-o", "--output", required=True, help="output directory")
-    p.add_argument("--num-tokens", type=int, help="tokens kept per block (default: all)")
-    p.add_argument("--resolution", type=int, help="shorter side in pixels for any-size models")
-    p.add_argument("--fps", type=float, help="resample video to this frame rate")
-    p.add_argument("--max-frames", type=int, help="read at most this many frames")
+    _add_coding_args(p)
     _add_model_args(p)
     p.set_defaults(func=cmd_reconstruct)
 

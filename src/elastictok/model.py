@@ -78,6 +78,15 @@ class ForwardOutput:
     kl: torch.Tensor | None  # VAE only
 
 
+def patchify(video: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, L, P) in the official token order: time-major, then raster."""
+    tp, hp, wp = patch_size
+    B, C, T, H, W = video.shape
+    x = video.reshape(B, C, T // tp, tp, H // hp, hp, W // wp, wp)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, S, gh, gw, tp, hp, wp, C)
+    return x.reshape(B, (T // tp) * (H // hp) * (W // wp), tp * hp * wp * C)
+
+
 def _init_linear(module: nn.Module, std: float) -> None:
     for m in module.modules():
         if isinstance(m, nn.Linear):
@@ -134,11 +143,7 @@ class ElasticTok(nn.Module):
     # Geometry ------------------------------------------------------------------------------------
     def patchify(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) -> (B, L, P), tokens time-major then raster; T a multiple of Tp."""
-        tp, hp, wp = self.config.patch_size
-        B, C, T, H, W = video.shape
-        x = video.reshape(B, C, T // tp, tp, H // hp, hp, W // wp, wp)
-        x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, S, gh, gw, tp, hp, wp, C)
-        return x.reshape(B, (T // tp) * (H // hp) * (W // wp), tp * hp * wp * C)
+        return patchify(video, self.config.patch_size)
 
     def unpatchify(self, patches: torch.Tensor, num_frames: int, frame_size: tuple[int, int]) -> torch.Tensor:
         """(B, L, P) -> (B, 3, T, H, W); the inverse of :meth:`patchify`."""

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from . import io
+from .adaptive import Target, encode_adaptive
 from .config import ElasticTokConfig
 from .metrics import block_mse, mse_to_psnr
-from .model import ElasticTok
+from .model import ElasticTok, patchify
 from .tokens import Tokens
 
 
@@ -73,7 +74,7 @@ class Reconstruction:
         # Pad both sides the same way the encoder did, so each block is scored on what was coded.
         video = torch.cat((self.video, self.video[:, :, -1:].expand(-1, -1, pad, -1, -1)), 2) if pad else self.video
         recon = torch.cat((self.recon, self.recon[:, :, -1:].expand(-1, -1, pad, -1, -1)), 2) if pad else self.recon
-        mse = block_mse(_patches(video, config), _patches(recon, config), T)[0]
+        mse = block_mse(patchify(video, config.patch_size), patchify(recon, config.patch_size), T)[0]
         return [
             {"block": i, "tokens": int(self.tokens.counts[0, i]), "max_tokens": T, "mse": float(m), "psnr": float(mse_to_psnr(float(m)))}
             for i, m in enumerate(mse)
@@ -97,20 +98,33 @@ class Reconstruction:
         }
 
 
-def _patches(video: torch.Tensor, config: ElasticTokConfig) -> torch.Tensor:
-    tp, hp, wp = config.patch_size
-    B, C, T, H, W = video.shape
-    x = video.reshape(B, C, T // tp, tp, H // hp, hp, W // wp, wp).permute(0, 2, 4, 6, 3, 5, 7, 1)
-    return x.reshape(B, -1, tp * hp * wp * C)  # (B, L, P), the model's token order
-
-
-def reconstruct(model: ElasticTok, video: torch.Tensor, num_tokens: int | torch.Tensor | None = None, fps=None) -> Reconstruction:
-    """Encode at a fixed count (None = every token) and decode."""
+def reconstruct(
+    model: ElasticTok,
+    video: torch.Tensor,
+    num_tokens: int | None = None,
+    fps: float | None = None,
+    target: Target | None = None,
+    search: str = "fast",
+    min_tokens: int | None = None,
+    max_tokens: int | None = None,
+    context_blocks: int | None = None,
+    on_block=None,
+) -> Reconstruction:
+    """Encode (adaptively to ``target``, or at ``num_tokens`` per block) and decode, block by block."""
     start = time.perf_counter()
-    tokens = model.encode(video, num_tokens)
-    recon = model.decode(tokens)
-    settings = {"mode": "fixed", "num_tokens": num_tokens if isinstance(num_tokens, int) or num_tokens is None else "per-block"}
-    return Reconstruction(video, recon, tokens, fps, time.perf_counter() - start, settings)
+    result = encode_adaptive(
+        model, video, target, search=search, min_tokens=min_tokens, max_tokens=max_tokens,
+        num_tokens=num_tokens, context_blocks=context_blocks, on_block=on_block,
+    )
+    seconds = time.perf_counter() - start
+    if num_tokens is not None:
+        settings: dict[str, Any] = {"mode": "fixed", "num_tokens": num_tokens}
+    else:
+        target = target or Target()
+        settings = {"mode": "adaptive", "metric": target.metric, "threshold": target.threshold, "search": search,
+                    "min_tokens": min_tokens, "max_tokens": max_tokens, "evaluations": result.evaluations}
+    settings["context_blocks"] = context_blocks
+    return Reconstruction(video, result.recon, result.tokens, fps, seconds, settings)
 
 
 def side_by_side(video: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
@@ -131,6 +145,7 @@ def write_reconstruction(result: Reconstruction, config: ElasticTokConfig, out_d
         io.save_video(recon, out / "recon.mp4", result.fps)
         io.save_video(side_by_side(video, recon), out / "compare.mp4", result.fps)
     stats = result.stats(config) | (extra or {})
+    plot_blocks(stats, out / "blocks.png")
     tmp = out / "stats.json.tmp"
     tmp.write_text(json.dumps(stats, indent=2, default=_json_default) + "\n")
     tmp.replace(out / "stats.json")
@@ -143,3 +158,31 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, float) and math.isinf(value):
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def plot_blocks(stats: dict, path: Path) -> Path | None:
+    """PNG of tokens (bars) and PSNR (line) per block; skipped when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    blocks = stats["blocks"]
+    x = [b["block"] for b in blocks]
+    fig, ax = plt.subplots(figsize=(max(4, min(14, 0.35 * len(x) + 3)), 3.2), dpi=110)
+    ax.bar(x, [b["tokens"] for b in blocks], color="#4c78a8", label="tokens kept")
+    ax.set_ylim(0, blocks[0]["max_tokens"] * 1.05)
+    ax.set_xlabel("block")
+    ax.set_ylabel("tokens kept", color="#4c78a8")
+    ax2 = ax.twinx()
+    ax2.plot(x, [b["psnr"] for b in blocks], color="#e45756", marker="o", label="PSNR")
+    ax2.set_ylabel("PSNR (dB)", color="#e45756")
+    ax.set_title(f"{stats['total_tokens']}/{stats['max_total_tokens']} tokens, mean PSNR {stats['mean_psnr']:.2f} dB")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
