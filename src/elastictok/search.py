@@ -95,8 +95,10 @@ def full(ok: Callable[[int], bool], lo: int, hi: int) -> tuple[int, int]:
 def fast(ok: Callable[[int], bool], lo: int, hi: int, start: int | None = None) -> tuple[int, int]:
     """Gallop from ``start`` to bracket the answer, then bisect the bracket."""
     _check_range(lo, hi)
+    if start is None:  # no guess (the first block): plain bisection is the cheapest bracket
+        return binary(ok, lo, hi)
     probe = Probe(ok)
-    start = hi if start is None else min(max(start, lo), hi)
+    start = min(max(start, lo), hi)
     if probe(start):
         # Walk down in doubling steps until a count fails or lo is reached.
         passing, step = start, 1
