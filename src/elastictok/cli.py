@@ -117,6 +117,33 @@ def _add_coding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, help="read at most this many frames")
 
 
+def cmd_encode(args) -> int:
+    from .pipeline import encode_to_file, load_input
+
+    model = _load_model(args)
+    video, fps = load_input(args.input, model.config, args.resolution, args.fps, args.max_frames)
+    stats = encode_to_file(model, video.to(args.device), args.output, fps=fps,
+                           on_block=_progress(video, model, Path(args.input).name), **_coding_kwargs(args))
+    print(f"{args.input}: {stats['total_tokens']}/{stats['max_total_tokens']} tokens in {stats['seconds']:.2f} s -> {args.output}")
+    return 0
+
+
+def cmd_decode(args) -> int:
+    from .pipeline import decode_file
+
+    model = _load_model(args)
+    print(f"wrote {decode_file(model, args.input, args.output)}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .tokenfile import open_token_file
+
+    with open_token_file(args.input) as f:
+        print(json.dumps(f.info(), indent=2))
+    return 0
+
+
 def cmd_weights(args) -> int:
     from .lpips import import_lpips_weights
 
@@ -143,6 +170,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_coding_args(p)
     _add_model_args(p)
     p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("encode", help="encode an image or video to an .etok token file")
+    p.add_argument("input", help="image or video file")
+    p.add_argument("-o", "--output", required=True, help="output .etok file")
+    _add_coding_args(p)
+    _add_model_args(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="decode an .etok file to an image or video")
+    p.add_argument("input", help=".etok file")
+    p.add_argument("-o", "--output", required=True, help="output .png/.jpg or .mp4")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("info", help="print an .etok file's header and per-block token counts as JSON")
+    p.add_argument("input", help=".etok file")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("weights", help="import perceptual-metric weights from local files")
     p.add_argument("what", choices=["import-lpips"])

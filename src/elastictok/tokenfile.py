@@ -150,7 +150,8 @@ def model_fingerprint(model: ElasticTok) -> str:
 
 
 # Header ------------------------------------------------------------------------------------------
-def _payload_nbytes(header: Mapping[str, Any], count: int) -> int:
+def _payload_nbytes(header: Mapping[str, Any], count: Any) -> Any:
+    """Payload size of a block of ``count`` kept tokens (an int, or a numpy array of counts)."""
     if header["kind"] == "fsq":
         return -(-count * header["bits_per_index"] // 8)
     return count * header["latent_dim"] * 2
@@ -283,29 +284,17 @@ class TokenFileWriter:
         return len(self._index) // _INDEX_ENTRY.size
 
     def _payload(self, values: Tensor, count: int) -> bytes:
-        h = self.header
+        h, where = self.header, f"block {self.num_blocks}"
         T = h["tokens_per_block"]
         if not 1 <= count <= T:
-            raise ValueError(f"block {self.num_blocks}: count must be in [1, {T}], got {count}")
+            raise ValueError(f"{where}: count must be in [1, {T}], got {count}")
         if not isinstance(values, Tensor) or values.shape[0] not in (count, T):
             got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-            raise ValueError(f"block {self.num_blocks}: expected {count} kept tokens (or a padded row of {T}), got {got}")
+            raise ValueError(f"{where}: expected {count} kept tokens (or a padded row of {T}), got {got}")
         values = values.detach()[:count].to("cpu")
         if h["kind"] == "fsq":
-            if values.ndim != 1 or values.is_floating_point() or values.dtype == torch.bool:
-                raise ValueError(f"block {self.num_blocks}: fsq values must be (n,) integers, got {values.dtype} {tuple(values.shape)}")
-            arr = values.to(torch.int64).numpy()
-            if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= h["codebook_size"]):
-                raise ValueError(f"block {self.num_blocks}: fsq indices must be in [0, {h['codebook_size']})")
-            return pack_bits(arr, h["bits_per_index"])
-        if values.ndim != 2 or values.shape[1] != h["latent_dim"] or not values.is_floating_point():
-            raise ValueError(
-                f"block {self.num_blocks}: vae values must be (n, {h['latent_dim']}) floats, got {values.dtype} {tuple(values.shape)}"
-            )
-        half = values.to(torch.float16)
-        if not bool(torch.isfinite(half).all()):
-            raise ValueError(f"block {self.num_blocks}: vae latents are not finite in float16 (|x| > 65504 or NaN)")
-        return half.numpy().astype("<f2").tobytes()
+            return _fsq_payload(values, h, where)
+        return _vae_payload(values, h, where)
 
     def write_block(self, values: Tensor, count: int, keyframe: bool = False) -> None:
         """Append one block: ``values`` are its kept tokens, (count,) long or (count, D) float."""
@@ -374,7 +363,9 @@ class TokenFileWriter:
     def __enter__(self) -> TokenFileWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.close()
         else:
@@ -384,6 +375,25 @@ class TokenFileWriter:
         # A writer dropped without close() must not leave its temporary file behind.
         if getattr(self, "_file", None) is not None:
             self.abort()
+
+
+def _fsq_payload(values: Tensor, header: Mapping[str, Any], where: str) -> bytes:
+    if values.ndim != 1 or values.is_floating_point() or values.dtype == torch.bool:
+        raise ValueError(f"{where}: fsq values must be (n,) integers, got {values.dtype} {tuple(values.shape)}")
+    arr = values.to(torch.int64).numpy()
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= header["codebook_size"]):
+        raise ValueError(f"{where}: fsq indices must be in [0, {header['codebook_size']})")
+    return pack_bits(arr, header["bits_per_index"])
+
+
+def _vae_payload(values: Tensor, header: Mapping[str, Any], where: str) -> bytes:
+    D = header["latent_dim"]
+    if values.ndim != 2 or values.shape[1] != D or not values.is_floating_point():
+        raise ValueError(f"{where}: vae values must be (n, {D}) floats, got {values.dtype} {tuple(values.shape)}")
+    half = values.to(torch.float16)
+    if not bool(torch.isfinite(half).all()):
+        raise ValueError(f"{where}: vae latents are not finite in float16 (|x| > 65504 or NaN)")
+    return half.numpy().astype("<f2").tobytes()
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -438,7 +448,8 @@ class TokenFile:
         _, version, length = _PREAMBLE.unpack(head)
         if version > FORMAT_VERSION:
             raise self._fail(
-                f"format version {version} is newer than this reader supports (version {FORMAT_VERSION}); upgrade elastictok"
+                f"format version {version} is newer than this reader supports "
+                f"(version {FORMAT_VERSION}); upgrade elastictok"
             )
         if version != FORMAT_VERSION:
             raise self._fail(f"unsupported format version {version} (expected {FORMAT_VERSION})")
@@ -463,8 +474,15 @@ class TokenFile:
                 raise self._fail(f"header field {key!r} is missing or not a {kind.__name__}")
         if header["kind"] not in _KINDS:
             raise self._fail(f"header kind must be one of {_KINDS}, got {header['kind']!r}")
-        if header["kind"] == "fsq" and header.get("bits_per_index") != bits_for_codebook(max(header["codebook_size"], 1)):
-            raise self._fail(f"header bits_per_index {header.get('bits_per_index')} does not fit codebook_size {header['codebook_size']}")
+        size = header["frame_size"]
+        if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+            raise self._fail(f"header frame_size must be [height, width], got {size}")
+        if min(header["latent_dim"], header["frames_per_block"], header["tokens_per_block"]) < 1:
+            raise self._fail("header latent_dim, frames_per_block and tokens_per_block must be positive")
+        if header["kind"] == "fsq":
+            bits = header.get("bits_per_index")
+            if header["codebook_size"] < 2 or bits != bits_for_codebook(header["codebook_size"]):
+                raise self._fail(f"header bits_per_index {bits} does not fit codebook_size {header['codebook_size']}")
         return header
 
     def _read_index(self) -> None:
@@ -492,8 +510,9 @@ class TokenFile:
             raise self._fail("file holds no blocks")
         bad = np.flatnonzero((self._counts < 1) | (self._counts > h["tokens_per_block"]))
         if bad.size:
-            raise self._fail(f"index: block {int(bad[0])} has count {int(self._counts[bad[0]])}, outside [1, {h['tokens_per_block']}]")
-        sizes = _RECORD_OVERHEAD + np.array([_payload_nbytes(h, int(c)) for c in self._counts], dtype=np.int64)
+            i = int(bad[0])
+            raise self._fail(f"index: block {i} has count {int(self._counts[i])}, outside [1, {h['tokens_per_block']}]")
+        sizes = _RECORD_OVERHEAD + _payload_nbytes(h, self._counts)
         expected = self._data_start + np.concatenate(([0], np.cumsum(sizes)))
         bad = np.flatnonzero(self._offsets != expected[:-1])
         if bad.size or expected[-1] != index_offset:
@@ -538,7 +557,8 @@ class TokenFile:
         h, count, flags = self._header, int(self._counts[i]), int(self._flags[i])
         size = _payload_nbytes(h, count)
         record = self._read_at(int(self._offsets[i]), _RECORD_OVERHEAD + size, f"block {i}")
-        head, payload, (crc,) = record[: _RECORD_HEAD.size], record[_RECORD_HEAD.size : -_CRC.size], _CRC.unpack(record[-_CRC.size :])
+        head, payload = record[: _RECORD_HEAD.size], record[_RECORD_HEAD.size : -_CRC.size]
+        (crc,) = _CRC.unpack(record[-_CRC.size :])
         if zlib.crc32(payload, zlib.crc32(head)) != crc:
             raise self._fail(f"block {i}: checksum mismatch (corrupted data)")
         if _RECORD_HEAD.unpack(head) != (count, size, flags):
@@ -576,8 +596,7 @@ class TokenFile:
 
     def info(self) -> dict[str, Any]:
         """Header, per-block counts and keyframes, totals; JSON-serialisable."""
-        h = self._header
-        payload = sum(_payload_nbytes(h, c) for c in self.counts)
+        payload = int(_payload_nbytes(self._header, self._counts).sum())
         return {
             **self.header,
             "format_version": FORMAT_VERSION,
@@ -633,7 +652,9 @@ def write_tokens(
         raise ValueError(f"these are {tokens.kind} tokens but the model has a {model.config.bottleneck} bottleneck")
     T = model.config.tokens_per_block(tokens.frame_size)
     if tokens.tokens_per_block != T:
-        raise ValueError(f"expected {T} token slots per block for frames {tokens.frame_size}, got {tokens.tokens_per_block}")
+        raise ValueError(
+            f"expected {T} token slots per block for frames {tokens.frame_size}, got {tokens.tokens_per_block}"
+        )
     keys = {int(k) for k in keyframes}
     if keys and not keys <= set(range(tokens.num_blocks)):
         raise ValueError(f"keyframes must be block indices in [0, {tokens.num_blocks}), got {sorted(keys)}")
