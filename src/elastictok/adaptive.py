@@ -9,6 +9,7 @@ whole-sequence pass are needed (the block path equals the whole-sequence path).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,7 +44,15 @@ class Target:
             object.__setattr__(self, "threshold", DEFAULT_THRESHOLDS[self.metric])
 
     def met(self, value: float) -> bool:
-        return value >= self.threshold if HIGHER_IS_BETTER[self.metric] else value <= self.threshold
+        return self.margin(value) <= 0
+
+    def margin(self, value: float) -> float:
+        """How far ``value`` misses the target (<= 0: met), on a roughly log scale for the searches."""
+        if self.metric == "psnr":
+            return self.threshold - value  # dB is already logarithmic
+        if self.metric == "ssim":
+            return math.log(max(1 - value, 1e-12)) - math.log(max(1 - self.threshold, 1e-12))
+        return math.log(max(value, 1e-12)) - math.log(max(self.threshold, 1e-12))
 
 
 class BlockScorer:
@@ -172,14 +181,15 @@ def encode_adaptive(
         patches = model.patchify(padded[b : b + 1])  # (1, L, P)
         state = model.new_state(frame_size)
         counts, codes, recon, sample_choices = [], [], [], []
+        start, slope = None, None  # hints for the fast search, carried from block to block
         for i in range(n_blocks):
             coder = _BlockCoder(model, patches[:, i * T : (i + 1) * T], state, scorer)
             if num_tokens is not None:
                 n, evals = num_tokens, 1
                 coder.evaluate(n, lambda v: True)
             else:
-                start = counts[-1] if counts else None
-                n, evals = run_search(search, lambda m: target.met(coder.evaluate(m, target.met)), lo, hi, start)
+                found = run_search(search, lambda m: target.margin(coder.evaluate(m, target.met)), lo, hi, start, slope)
+                n, evals, start, slope = found.count, found.evaluations, found.count, found.slope
             step = coder.final(n)
             model.commit(state, step, context_blocks)
             value = coder.values.get(n)

@@ -1,17 +1,19 @@
 """Choosing a block's token count: pure searches over a loss callable.
 
-Every search takes ``ok(n) -> bool`` ("does keeping n tokens meet the target?") over the counts
-``lo..hi`` and returns the count it picks; none of them knows about models. When nothing meets the
-target they fall back to ``hi`` (every token), like the official code.
+Every search takes ``margin(n) -> float`` over the counts ``lo..hi``: how far keeping n tokens is from
+the target, with ``margin <= 0`` meaning the target is met (for MSE, log(mse / threshold)). It
+returns the count it picks and how many counts it evaluated; none of them knows about models. When
+nothing meets the target they fall back to ``hi`` (every token), like the official code.
 
 - ``binary``: bisection for the smallest passing count. The official loop can end one below the
   smallest passing count (it returns the last midpoint tried, passing or not); this one returns the
   smallest passing count it saw, which is the true smallest one whenever ``ok`` is monotone.
 - ``grid``: the official log-spaced grid of 100 candidates; the smallest passing grid point.
 - ``full``: every count in order; the exact smallest passing count even when ``ok`` is not monotone.
-- ``fast``: gallops outwards from a starting guess (the previous block's count), then bisects the
-  bracket it found. Same answer as ``binary`` for a monotone ``ok``, in far fewer evaluations when
-  neighbouring blocks need similar counts.
+- ``fast``: starts from a guess (the previous block's count), uses the margins' values, not just
+  their signs, to jump to the predicted crossing (secant steps, safeguarded by bisection), and stops
+  once it holds a failing count right below a passing one. That is the same answer as ``binary``
+  whenever the margin is monotone, usually in 3-5 evaluations instead of 12.
 - ``official``: the official ``inference_binary`` decision rule, quirks included, for parity checks.
 """
 
@@ -28,15 +30,18 @@ SEARCHES = ("fast", "binary", "grid", "full")
 
 @dataclass
 class Probe:
-    """Memoised ``ok``: each count is evaluated at most once; the order of evaluations is kept."""
+    """Memoised margin: each count is evaluated at most once."""
 
-    ok: Callable[[int], bool]
-    results: dict[int, bool] = field(default_factory=dict)
+    margin: Callable[[int], float]
+    results: dict[int, float] = field(default_factory=dict)
+
+    def value(self, n: int) -> float:
+        if n not in self.results:
+            self.results[n] = float(self.margin(n))
+        return self.results[n]
 
     def __call__(self, n: int) -> bool:
-        if n not in self.results:
-            self.results[n] = bool(self.ok(n))
-        return self.results[n]
+        return self.value(n) <= 0
 
     @property
     def evaluations(self) -> int:
@@ -59,10 +64,10 @@ def _bisect(probe: Probe, lo: int, hi: int, best: int | None) -> int | None:
     return best
 
 
-def binary(ok: Callable[[int], bool], lo: int, hi: int) -> tuple[int, int]:
+def binary(margin: Callable[[int], float], lo: int, hi: int) -> tuple[int, int]:
     """(count, evaluations)."""
     _check_range(lo, hi)
-    probe = Probe(ok)
+    probe = Probe(margin)
     best = _bisect(probe, lo, hi, None)
     return (hi if best is None else best), probe.evaluations
 
@@ -73,9 +78,9 @@ def grid_candidates(lo: int, hi: int, num: int = 100) -> list[int]:
     return sorted(set(int(v) for v in np.clip(values, lo, hi)))
 
 
-def grid(ok: Callable[[int], bool], lo: int, hi: int, num: int = 100) -> tuple[int, int]:
+def grid(margin: Callable[[int], float], lo: int, hi: int, num: int = 100) -> tuple[int, int]:
     _check_range(lo, hi)
-    probe = Probe(ok)
+    probe = Probe(margin)
     # Ascending order with an early stop picks the same count as scoring all candidates.
     for n in grid_candidates(lo, hi, num):
         if probe(n):
@@ -83,38 +88,95 @@ def grid(ok: Callable[[int], bool], lo: int, hi: int, num: int = 100) -> tuple[i
     return hi, probe.evaluations
 
 
-def full(ok: Callable[[int], bool], lo: int, hi: int) -> tuple[int, int]:
+def full(margin: Callable[[int], float], lo: int, hi: int) -> tuple[int, int]:
     _check_range(lo, hi)
-    probe = Probe(ok)
+    probe = Probe(margin)
     for n in range(lo, hi + 1):
         if probe(n):
             return n, probe.evaluations
     return hi, probe.evaluations
 
 
-def fast(ok: Callable[[int], bool], lo: int, hi: int, start: int | None = None) -> tuple[int, int]:
-    """Gallop from ``start`` to bracket the answer, then bisect the bracket."""
+def _crossing(a: int, ma: float, b: int, mb: float) -> float:
+    """Where the line through (log a, ma) and (log b, mb) crosses zero, as a count.
+
+    Quality metrics fall roughly as a power of the token count, so margins are close to linear in
+    log(count) and the secant lands near the crossing.
+    """
+    if ma == mb:
+        return math.inf if (ma > 0) == (b > a) else -math.inf
+    la, lb = math.log(a), math.log(b)
+    return math.exp(la + (lb - la) * ma / (ma - mb))
+
+
+def fast(
+    margin: Callable[[int], float], lo: int, hi: int, start: int | None = None, slope: float | None = None
+) -> tuple[int, int]:
+    """Bracket the crossing from ``start`` by extrapolation, then close it with safeguarded secant steps.
+
+    ``slope`` (d margin / d log count, e.g. from the previous block: :func:`local_slope`) lets the
+    first step jump straight to the predicted crossing.
+    """
     _check_range(lo, hi)
-    if start is None:  # no guess (the first block): plain bisection is the cheapest bracket
-        return binary(ok, lo, hi)
-    probe = Probe(ok)
-    start = min(max(start, lo), hi)
-    if probe(start):
-        # Walk down in doubling steps until a count fails or lo is reached.
-        passing, step = start, 1
-        while passing > lo:
-            n = max(lo, passing - step)
-            if not probe(n):
-                return _bisect(probe, n + 1, passing - 1, passing), probe.evaluations
-            passing, step = n, step * 2
-        return passing, probe.evaluations
-    failing, step = start, 1
-    while failing < hi:
-        n = min(hi, failing + step)
-        if probe(n):
-            return _bisect(probe, failing + 1, n - 1, n), probe.evaluations
-        failing, step = n, step * 2
-    return hi, probe.evaluations
+    probe = Probe(margin)
+    bracket = _bracket(probe, lo, hi, start, slope)
+    if not isinstance(bracket, tuple):
+        return (hi if bracket is None else bracket), probe.evaluations
+    f, p = bracket  # f fails, p passes, f < p
+    secant = True
+    while p - f > 1:
+        width = p - f
+        if secant:
+            n = min(max(math.ceil(_crossing(f, probe.value(f), p, probe.value(p))), f + 1), p - 1)
+        else:
+            n = (f + p) // 2
+        f, p = (f, n) if probe(n) else (n, p)
+        if secant and p - f > 1:
+            # A good secant lands next to the crossing: check the neighbour on the other side.
+            m = n - 1 if p == n else n + 1
+            f, p = (f, m) if probe(m) else (m, p)
+        # Secant steps that did not halve the bracket are followed by a bisection step.
+        secant = not secant or (p - f) <= width / 2
+    return p, probe.evaluations
+
+
+def _bracket(probe: Probe, lo: int, hi: int, start: int | None, slope: float | None) -> tuple[int, int] | int | None:
+    """(failing, passing) counts around the crossing, or the answer itself when it is already known
+    (an int: ``lo`` passes; None: even ``hi`` fails)."""
+    if start is None or not lo <= start <= hi:
+        if not probe(hi):
+            return None
+        return lo if probe(lo) else (lo, hi)
+    prev, n = None, start
+    while True:
+        passed = probe(n)
+        if passed and n == lo:
+            return lo
+        if not passed and n == hi:
+            return None
+        if prev is not None and probe(prev) != passed:
+            return (prev, n) if passed else (n, prev)
+        direction = -1 if passed else 1
+        if prev is None and slope is not None and slope < 0:
+            guess = math.exp(math.log(n) - probe.value(n) / slope)
+            step = max(1, math.ceil(1.05 * abs(guess - n)))
+        elif prev is None:
+            step = max(1, round(0.02 * n))  # a short step to learn the local slope
+        else:
+            guess = _crossing(prev, probe.value(prev), n, probe.value(n))
+            # Overshoot the predicted crossing a little, and at least double the last step.
+            step = max(2 * abs(n - prev), math.ceil(1.05 * abs(guess - n)) if math.isfinite(guess) else 0)
+        prev, n = n, min(hi, max(lo, n + direction * step))
+
+
+def local_slope(results: dict[int, float], count: int) -> float | None:
+    """d margin / d log(count) from the two evaluated counts nearest ``count`` on either side of it."""
+    below = [n for n in results if n < count]
+    above = [n for n in results if n >= count]
+    if not below or not above:
+        return None
+    a, b = max(below), min(above)
+    return (results[b] - results[a]) / (math.log(b) - math.log(a))
 
 
 def official_binary(loss: Callable[[int], float], min_toks: int, max_toks: int, threshold: float) -> tuple[int, list[int]]:
@@ -141,14 +203,26 @@ def official_binary(loss: Callable[[int], float], min_toks: int, max_toks: int, 
     return n, tried
 
 
-def run_search(name: str, ok: Callable[[int], bool], lo: int, hi: int, start: int | None = None) -> tuple[int, int]:
-    """Dispatch by name; returns (count, evaluations)."""
+@dataclass
+class SearchResult:
+    count: int
+    evaluations: int
+    slope: float | None = None  # local d margin / d log(count), a hint for the next block
+
+
+def run_search(
+    name: str, margin: Callable[[int], float], lo: int, hi: int, start: int | None = None, slope: float | None = None
+) -> SearchResult:
+    """Dispatch by name. ``start`` and ``slope`` are hints that only ``fast`` uses."""
+    probe = Probe(margin)  # shared memo, so the slope can be read off whatever the search evaluated
     if name == "fast":
-        return fast(ok, lo, hi, start)
-    if name == "binary":
-        return binary(ok, lo, hi)
-    if name == "grid":
-        return grid(ok, lo, hi)
-    if name == "full":
-        return full(ok, lo, hi)
-    raise ValueError(f"unknown search {name!r}; expected one of {SEARCHES}")
+        count, _ = fast(probe.value, lo, hi, start, slope)
+    elif name == "binary":
+        count, _ = binary(probe.value, lo, hi)
+    elif name == "grid":
+        count, _ = grid(probe.value, lo, hi)
+    elif name == "full":
+        count, _ = full(probe.value, lo, hi)
+    else:
+        raise ValueError(f"unknown search {name!r}; expected one of {SEARCHES}")
+    return SearchResult(count, probe.evaluations, local_slope(probe.results, count) or slope)
