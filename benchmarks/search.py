@@ -48,32 +48,51 @@ def official_procedure(model, video, threshold: float) -> tuple[list[int], int]:
     return counts, passes + patches.shape[1] // T
 
 
+def bench_model(name: str, model, clips: list[str], frames: int, threshold: float, fps) -> None:
+    rows = {k: [0.0, 0, 0] for k in ["official", "binary", "fast"]}  # seconds, passes, blocks
+    same = total = 0
+    for clip in clips:
+        video, _ = load_input(clip, model.config, max_frames=frames, fps=fps)
+        if model.config.encoder_conditioning == "mask":
+            start = time.perf_counter()
+            ref_counts, passes = official_procedure(model, video, threshold)
+            rows["official"][0] += time.perf_counter() - start
+            rows["official"][1] += passes
+            rows["official"][2] += len(ref_counts)
+        picks = {}
+        for search in ["binary", "fast"]:
+            start = time.perf_counter()
+            result = encode_adaptive(model, video, Target("mse", threshold), search=search)
+            rows[search][0] += time.perf_counter() - start
+            rows[search][1] += result.evaluations
+            picks[search] = result.tokens.counts[0].tolist()
+            rows[search][2] += len(picks[search])
+        same += sum(a == b for a, b in zip(picks["binary"], picks["fast"]))
+        total += len(picks["fast"])
+    print(f"\n{name} ({model.config.encoder_conditioning} encoder), {len(clips)} clips, {total} blocks, MSE <= {threshold}")
+    print(f"{'search':<10}{'seconds':>9}{'passes/block':>14}{'s/block':>9}")
+    for search, (seconds, passes, blocks) in rows.items():
+        if blocks:
+            print(f"{search:<10}{seconds:>9.2f}{passes / blocks:>14.2f}{seconds / blocks:>9.3f}")
+    print(f"fast vs binary: {rows['binary'][0] / rows['fast'][0]:.2f}x faster, same count on {same}/{total} blocks "
+          f"({100 * same / total:.1f}%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model")
-    parser.add_argument("--clip", default=str(DEV / "bedroom.mp4"))
+    parser.add_argument("--model", help="mask-conditioned model (default: the embedded model)")
+    parser.add_argument("--unconditioned-model", help="an encoder_conditioning='none' model to compare as well")
+    parser.add_argument("--clips", nargs="*", default=sorted(str(p) for p in DEV.glob("*.mp4")))
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--threshold", type=float, default=0.003)
     parser.add_argument("--fps", type=float, default=None)
     args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.frames} frames per clip")
     model = load_pretrained(args.model) if args.model else load_default_model()[0]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    video, _ = load_input(args.clip, model.config, max_frames=args.frames, fps=args.fps)
-    print(f"clip {Path(args.clip).name}: {video.shape[2]} frames at {video.shape[-2]}x{video.shape[-1]}, "
-          f"threshold MSE {args.threshold}, {torch.get_num_threads()} threads")
-    start = time.perf_counter()
-    ref_counts, ref_passes = official_procedure(model, video, args.threshold)
-    t_official = time.perf_counter() - start
-    print(f"{'procedure':<18}{'seconds':>9}{'passes':>8}{'speed-up':>10}{'same counts':>13}{'tokens':>8}")
-    print(f"{'official binary':<18}{t_official:>9.2f}{ref_passes:>8}{1.0:>10.2f}{'-':>13}{sum(ref_counts):>8}")
-    for search in ["binary", "fast"]:
-        start = time.perf_counter()
-        result = encode_adaptive(model, video, Target("mse", args.threshold), search=search)
-        seconds = time.perf_counter() - start
-        counts = result.tokens.counts[0].tolist()
-        same = sum(a == b for a, b in zip(counts, ref_counts))
-        print(f"{search:<18}{seconds:>9.2f}{result.evaluations:>8}{t_official / seconds:>10.2f}"
-              f"{f'{same}/{len(counts)}':>13}{sum(counts):>8}")
+    bench_model(args.model or "default model", model, args.clips, args.frames, args.threshold, args.fps)
+    if args.unconditioned_model:
+        other = load_pretrained(args.unconditioned_model)
+        bench_model(args.unconditioned_model, other, args.clips, args.frames, args.threshold, args.fps)
 
 
 if __name__ == "__main__":
