@@ -204,10 +204,13 @@ def _round_robin(queues: list[list[Any]], limit: int | None) -> list[Any]:
     return out
 
 
+ClipsBySource = dict[str, list[list[np.ndarray]]]  # {source: [[clip (F, S, S, 3) of a video, ...], ...]}
+
+
 def _decode_videos(files: list[Path], root: Path, size: int, fps: float, clip_len: int,
-                   max_clips_per_video: int | None, skipped: list[str]) -> tuple[dict[str, list[list[np.ndarray]]], int]:
-    """{source: [clips of each video]} and the number of readable videos too short for one clip."""
-    by_source: dict[str, list[list[np.ndarray]]] = {}
+                   max_clips_per_video: int | None, skipped: list[str]) -> tuple[ClipsBySource, int]:
+    """The clips of each readable video by source, and the number of videos too short for one clip."""
+    by_source: ClipsBySource = {}
     too_short = 0
     for path in files:
         try:
@@ -223,7 +226,7 @@ def _decode_videos(files: list[Path], root: Path, size: int, fps: float, clip_le
     return by_source, too_short
 
 
-def _select_clips(by_source: dict[str, list[list[np.ndarray]]], limit: int | None) -> list[tuple[str, np.ndarray]]:
+def _select_clips(by_source: ClipsBySource, limit: int | None) -> list[tuple[str, np.ndarray]]:
     """Balance sources: round robin over sources, and within a source over its videos."""
     sources = sorted(by_source)
     queues = [[(s, c) for c in _round_robin(by_source[s], None)] for s in sources]
@@ -428,10 +431,13 @@ class PackedDataset(IterableDataset):
             if int(state[key]) != mine[key]:
                 raise ValueError(f"data state does not match this dataset: {key} was {state[key]}, now {mine[key]} "
                                  "(a different pack, seed or held-out split)")
-        if int(state["world_size"]) != self.world_size:
-            log.warning("resuming data position from world size %s on %d ranks: the sample order changes",
-                        state["world_size"], self.world_size)
-        self.position = int(state["position"])
+        position, world = int(state["position"]), int(state["world_size"])
+        if world != self.world_size:
+            # Continue after the samples all ranks consumed together; the interleaving changes.
+            log.warning("resuming a data position from %d ranks on %d ranks: the sample order changes",
+                        world, self.world_size)
+            position = -(-position * world // self.world_size)
+        self.position = position
 
     # Sampling -------------------------------------------------------------------------------
     def _epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -465,8 +471,8 @@ class PackedDataset(IterableDataset):
         S = x.shape[-1]
         side, top, left, flip = S, 0, 0, False
         if generator is not None:
-            side = int(round(S * (self.crop_scale + (1 - self.crop_scale) * torch.rand((), generator=generator).item())))
-            side = min(S, max(1, side))
+            scale = self.crop_scale + (1 - self.crop_scale) * torch.rand((), generator=generator).item()
+            side = min(S, max(1, round(S * scale)))
             top = int(torch.randint(S - side + 1, (), generator=generator))
             left = int(torch.randint(S - side + 1, (), generator=generator))
             flip = self.flip and bool(torch.rand((), generator=generator) < 0.5)
@@ -506,10 +512,22 @@ class PackedDataset(IterableDataset):
             self.position += 1  # before yielding: the state always names the next unseen sample
             yield self.sample_at(index)
 
+    def batch_at(self, position: int, batch_size: int) -> torch.Tensor:
+        """This rank's samples at positions [position, position + batch_size), stacked (B, 3, T, H, W).
+
+        A pure function of the position, so a batch can be prepared ahead (e.g. in a thread) without
+        touching the resumable state.
+        """
+        if self.split != "train":
+            raise ValueError("batch_at is for the training stream; use val_batch for the held-out split")
+        g = [p * self.world_size + self.rank for p in range(position, position + batch_size)]
+        return torch.stack([self.sample_at(i) for i in g])
+
     def next_batch(self, batch_size: int) -> torch.Tensor:
         """The next ``batch_size`` training samples of this rank, stacked: (B, 3, T, H, W)."""
-        stream = iter(self)
-        return torch.stack([next(stream) for _ in range(batch_size)])
+        batch = self.batch_at(self.position, batch_size)
+        self.position += batch_size
+        return batch
 
     def val_batch(self, limit: int | None = None) -> torch.Tensor | None:
         """Up to ``limit`` held-out samples stacked (B, 3, T, H, W), or None when nothing is held out."""

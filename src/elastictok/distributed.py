@@ -12,6 +12,7 @@ resumes on one CPU and vice versa.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "full_optimizer_state",
     "full_model_state",
     "init_distributed",
+    "initialized",
     "is_main",
     "load_full_state",
     "parallelize",
@@ -38,7 +40,6 @@ __all__ = [
 ]
 
 PARALLEL_MODES = ("none", "ddp", "fsdp")
-_OWNED = {"group": False}  # whether init_distributed created the process group (so cleanup ends it)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,12 @@ class DistInfo:
 
     @property
     def distributed(self) -> bool:
-        return dist.is_available() and dist.is_initialized()
+        return initialized()
+
+
+def initialized() -> bool:
+    """Whether a process group is up (False without torchrun)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def _launched_by_torchrun() -> bool:
@@ -61,8 +67,9 @@ def _launched_by_torchrun() -> bool:
 
 
 def init_distributed(backend: str | None = None) -> DistInfo:
-    """Join the torchrun process group (NCCL on GPUs, gloo on CPUs); a no-op without torchrun."""
-    if dist.is_available() and dist.is_initialized():
+    """Join the torchrun process group (NCCL on GPUs, gloo on CPUs); a no-op without torchrun
+    or when a group is already up."""
+    if initialized():
         return dist_info()
     if not _launched_by_torchrun():
         return DistInfo()
@@ -70,12 +77,11 @@ def init_distributed(backend: str | None = None) -> DistInfo:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)  # before NCCL init, so each rank owns its own GPU
     dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
-    _OWNED["group"] = True
     return dist_info()
 
 
 def dist_info() -> DistInfo:
-    if dist.is_available() and dist.is_initialized():
+    if initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
     return DistInfo()
 
@@ -85,10 +91,9 @@ def is_main() -> bool:
 
 
 def cleanup() -> None:
-    """End the process group if :func:`init_distributed` started it."""
-    if _OWNED["group"] and dist.is_initialized():
+    """End the process group, if any."""
+    if initialized():
         dist.destroy_process_group()
-        _OWNED["group"] = False
 
 
 def resolve_device(device: str = "auto", info: DistInfo | None = None) -> torch.device:
@@ -107,13 +112,13 @@ def resolve_device(device: str = "auto", info: DistInfo | None = None) -> torch.
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if initialized():
         dist.barrier()
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank if ``flag`` is true on any rank (so all ranks take the same branch)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not initialized():
         return flag
     t = torch.tensor([int(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -122,7 +127,7 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 def all_mean(values: list[float], device: torch.device) -> list[float]:
     """Mean of each value over ranks (SUM then divide: gloo has no AVG)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not initialized():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -153,7 +158,7 @@ def parallelize(
     """
     if mode not in PARALLEL_MODES:
         raise ValueError(f"unknown parallel mode {mode!r}; expected one of {PARALLEL_MODES}")
-    if mode != "none" and not (dist.is_available() and dist.is_initialized()):
+    if mode != "none" and not initialized():
         raise ValueError(f"parallel={mode!r} needs a process group: launch with torchrun --nproc_per_node N ...")
     model.to(device)
     model.encoder.activation_checkpointing = activation_checkpointing
@@ -169,6 +174,9 @@ def parallelize(
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        # Blocks also return their keys/values (views, unused in training and never changed in place),
+        # which FSDP2 warns about on every call.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         mesh = init_device_mesh(device.type, (dist.get_world_size(),))
         for layer in _layers(model):
             fully_shard(layer, mesh=mesh)
