@@ -17,7 +17,6 @@ import torch
 
 from .metrics import block_mse, mse_to_psnr, ssim
 from .model import BlockStep, ElasticTok, StreamState
-from .search import SEARCHES, run_search
 from .tokens import Tokens
 
 METRICS = ("mse", "psnr", "ssim", "lpips")
@@ -146,65 +145,49 @@ def encode_adaptive(
     search: str = "fast",
     min_tokens: int | None = None,
     max_tokens: int | None = None,
-    num_tokens: int | None = None,
+    num_tokens: int | torch.Tensor | None = None,
     context_blocks: int | None = None,
     on_block: Callable[[int, int], None] | None = None,
+    keyframe_interval: int | None = None,
+    cut_threshold: float | None = None,
 ) -> AdaptiveResult:
     """Encode ``video`` (B, 3, T, H, W) in [-1, 1] block by block.
 
-    With ``num_tokens`` every block keeps that many tokens; otherwise each block gets the fewest
-    tokens in [min_tokens, max_tokens] (default: the model's minimum and every token) that meet
-    ``target`` (default: the official MSE 0.003), falling back to max_tokens. ``context_blocks``
-    bounds how many earlier blocks each block attends to (default: all). ``on_block(i, n)`` is called
-    after each block, for progress bars.
+    With ``num_tokens`` (an int, or a (B, n_blocks) allocation) the counts are given; otherwise each
+    block gets the fewest tokens in [min_tokens, max_tokens] (default: the model's minimum and every
+    token) that meet ``target`` (default: the official MSE 0.003), falling back to max_tokens.
+    ``context_blocks`` bounds how many earlier blocks each block attends to (default: all); see
+    :mod:`elastictok.streaming` for keyframes. ``on_block(i, n)`` is called after each block.
     """
     from .checks import check_video
+    from .streaming import code_blocks
 
     check_video(video, model.config)
-    if search not in SEARCHES:
-        raise ValueError(f"unknown search {search!r}; expected one of {SEARCHES}")
-    target = target or Target()
     frame_size = tuple(video.shape[-2:])
     T = model.config.tokens_per_block(frame_size)
-    lo = model.config.min_tokens(frame_size) if min_tokens is None else min_tokens
-    hi = T if max_tokens is None else max_tokens
-    if not 1 <= lo <= hi <= T:
-        raise ValueError(f"expected 1 <= min tokens ({lo}) <= max tokens ({hi}) <= {T} tokens per block")
-    if num_tokens is not None and not 1 <= num_tokens <= T:
-        raise ValueError(f"expected num_tokens in [1, {T}], got {num_tokens}")
     num_frames = video.shape[2]
     padded = model.pad_frames(video)
-    n_blocks = padded.shape[2] // model.config.frames_per_block
-    scorer = BlockScorer(model, target.metric, frame_size)
+    fpb = model.config.frames_per_block
+    n_blocks = padded.shape[2] // fpb
+    if isinstance(num_tokens, torch.Tensor) and num_tokens.shape != (video.shape[0], n_blocks):
+        raise ValueError(f"expected num_tokens of shape (B, n_blocks) = ({video.shape[0]}, {n_blocks}), got {tuple(num_tokens.shape)}")
     all_counts, all_codes, all_recon, choices = [], [], [], []
     for b in range(video.shape[0]):
-        patches = model.patchify(padded[b : b + 1])  # (1, L, P)
-        state = model.new_state(frame_size)
-        counts, codes, recon, sample_choices = [], [], [], []
-        start, slope = None, None  # hints for the fast search, carried from block to block
-        for i in range(n_blocks):
-            coder = _BlockCoder(model, patches[:, i * T : (i + 1) * T], state, scorer)
-            if num_tokens is not None:
-                n, evals = num_tokens, 1
-                coder.evaluate(n, lambda v: True)
-            else:
-                found = run_search(search, lambda m: target.margin(coder.evaluate(m, target.met)), lo, hi, start, slope)
-                n, evals, start, slope = found.count, found.evaluations, found.count, found.slope
-            step = coder.final(n)
-            model.commit(state, step, context_blocks)
-            value = coder.values.get(n)
-            if value is None:  # the fallback count was never scored
-                value = scorer(step.recon, coder.patches)
-            counts.append(n)
-            codes.append(step.codes)
-            recon.append(step.recon)
-            sample_choices.append(BlockChoice(n, value, evals))
+        counts = num_tokens[b].tolist() if isinstance(num_tokens, torch.Tensor) else num_tokens
+        blocks = (padded[b : b + 1, :, i * fpb : (i + 1) * fpb] for i in range(n_blocks))
+        coded = []
+        for cb in code_blocks(
+            model, blocks, target=target, search=search, min_tokens=min_tokens, max_tokens=max_tokens,
+            counts=counts, context_blocks=context_blocks, keyframe_interval=keyframe_interval,
+            cut_threshold=cut_threshold,
+        ):
+            coded.append(cb)
             if on_block is not None:
-                on_block(i, n)
-        all_counts.append(torch.tensor(counts))
-        all_codes.append(torch.cat(codes, 1))
-        all_recon.append(model.unpatchify(torch.cat(recon, 1).float(), padded.shape[2], frame_size)[:, :, :num_frames])
-        choices.append(sample_choices)
+                on_block(cb.index, cb.count)
+        all_counts.append(torch.tensor([cb.count for cb in coded]))
+        all_codes.append(torch.cat([cb.codes for cb in coded], 1))
+        all_recon.append(torch.cat([cb.recon for cb in coded], 2)[:, :, :num_frames])
+        choices.append([BlockChoice(cb.count, cb.value, cb.evaluations) for cb in coded])
     codes = torch.cat(all_codes)  # (B, L, D)
     values = model.codes_to_values(codes).unflatten(1, (n_blocks, T)).cpu()
     tokens = Tokens(torch.stack(all_counts), values, model.config.bottleneck, num_frames, frame_size)

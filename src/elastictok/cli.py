@@ -56,16 +56,14 @@ def _inputs(args) -> list[tuple[str, Path]]:
 
 
 def cmd_reconstruct(args) -> int:
-    from .pipeline import load_input, reconstruct, write_reconstruction
+    from .filecoding import Source, reconstruct_file
 
     model = _load_model(args)
     inputs = _inputs(args)
     for name, path in inputs:
-        video, fps = load_input(path, model.config, args.resolution, args.fps, args.max_frames)
-        result = reconstruct(model, video.to(args.device), fps=fps, on_block=_progress(video, model, name),
-                             **_coding_kwargs(args))
+        source = Source.open(path, model, args.resolution, args.fps, args.max_frames)
         out = Path(args.output) / name if len(inputs) > 1 else Path(args.output)
-        stats = write_reconstruction(result, model.config, out)
+        stats = reconstruct_file(model, source, out, _coding(args), on_block=_progress(source, name, model.config.frames_per_block))
         print(
             f"{name}: {stats['total_tokens']}/{stats['max_total_tokens']} tokens, "
             f"mean PSNR {stats['mean_psnr']:.2f} dB -> {out}"
@@ -75,28 +73,39 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
-def _coding_kwargs(args) -> dict:
+def _coding(args):
     from .adaptive import Target
+    from .filecoding import Coding
+    from .streaming import DEFAULT_CUT_THRESHOLD
 
-    target = None if args.num_tokens is not None else Target(args.metric, args.threshold)
-    return {"num_tokens": args.num_tokens, "target": target, "search": args.search, "min_tokens": args.min_tokens,
-            "max_tokens": args.max_tokens, "context_blocks": args.context_blocks}
+    if args.num_tokens is not None and args.budget is not None:
+        raise ValueError("give either --num-tokens or --budget, not both")
+    target = None if args.num_tokens is not None or args.budget is not None else Target(args.metric, args.threshold)
+    cut = None if args.no_scene_cuts else (args.cut_threshold or DEFAULT_CUT_THRESHOLD)
+    return Coding(target=target, search=args.search, num_tokens=args.num_tokens, budget=args.budget,
+                  min_tokens=args.min_tokens, max_tokens=args.max_tokens, context_blocks=args.context_blocks,
+                  keyframe_interval=args.keyframe_interval, cut_threshold=cut)
 
 
-def _progress(video, model, name):
-    """A tqdm bar over blocks for videos (images are one block)."""
-    n_blocks = -(-video.shape[2] // model.config.frames_per_block)
-    if n_blocks <= 1:
+def _progress(source, name, frames_per_block: int):
+    """A tqdm bar over blocks for videos (an image is one block)."""
+    if not source.is_video:
         return None
     from tqdm import tqdm
 
-    bar = tqdm(total=n_blocks, desc=name, unit="block", leave=False)
+    from .io import video_info
 
-    def update(i: int, n: int) -> None:
+    info = video_info(source.path)
+    frames = info.frames if info.frames else None
+    if frames and source.fps and info.fps:
+        frames = int(frames * source.fps / info.fps)
+    if frames and source.max_frames:
+        frames = min(frames, source.max_frames)
+    bar = tqdm(total=-(-frames // frames_per_block) if frames else None, desc=name, unit="block", leave=False)
+
+    def update(cb) -> None:
         bar.update(1)
-        bar.set_postfix(tokens=n)
-        if i == n_blocks - 1:
-            bar.close()
+        bar.set_postfix(tokens=cb.count)
 
     return update
 
@@ -111,28 +120,31 @@ def _add_coding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search", choices=SEARCHES, default="fast", help="token-count search (default fast)")
     p.add_argument("--min-tokens", type=int, help="fewest tokens a block may get (default: the model's minimum)")
     p.add_argument("--max-tokens", type=int, help="most tokens a block may get (default: all)")
+    p.add_argument("--budget", type=float, help="average tokens per block over the whole video (rate control)")
     p.add_argument("--context-blocks", type=int, help="earlier blocks each block attends to (default: all)")
+    p.add_argument("--keyframe-interval", type=int, help="reset the context every N blocks (random access)")
+    p.add_argument("--cut-threshold", type=float, help="mean pixel change that marks a scene cut (default 0.3)")
+    p.add_argument("--no-scene-cuts", action="store_true", help="never reset the context at detected cuts")
     p.add_argument("--resolution", type=int, help="shorter side in pixels for any-size models")
     p.add_argument("--fps", type=float, help="resample video to this frame rate")
     p.add_argument("--max-frames", type=int, help="read at most this many frames")
 
 
 def cmd_encode(args) -> int:
-    from .pipeline import encode_to_file, load_input
+    from .filecoding import Source, encode_file
 
     model = _load_model(args)
-    video, fps = load_input(args.input, model.config, args.resolution, args.fps, args.max_frames)
-    stats = encode_to_file(model, video.to(args.device), args.output, fps=fps,
-                           on_block=_progress(video, model, Path(args.input).name), **_coding_kwargs(args))
+    source = Source.open(args.input, model, args.resolution, args.fps, args.max_frames)
+    stats = encode_file(model, source, args.output, _coding(args), on_block=_progress(source, Path(args.input).name, model.config.frames_per_block))
     print(f"{args.input}: {stats['total_tokens']}/{stats['max_total_tokens']} tokens in {stats['seconds']:.2f} s -> {args.output}")
     return 0
 
 
 def cmd_decode(args) -> int:
-    from .pipeline import decode_file
+    from .filecoding import decode_file
 
     model = _load_model(args)
-    print(f"wrote {decode_file(model, args.input, args.output)}")
+    print(f"wrote {decode_file(model, args.input, args.output, start_block=args.start_block)}")
     return 0
 
 
@@ -255,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decode", help="decode an .etok file to an image or video")
     p.add_argument("input", help=".etok file")
     p.add_argument("-o", "--output", required=True, help="output .png/.jpg or .mp4")
+    p.add_argument("--start-block", type=int, default=0, help="start decoding at this keyframe block")
     _add_model_args(p)
     p.set_defaults(func=cmd_decode)
 

@@ -186,33 +186,3 @@ def plot_blocks(stats: dict, path: Path) -> Path | None:
     plt.close(fig)
     tmp.replace(path)
     return path
-
-
-def encode_to_file(model: ElasticTok, video: torch.Tensor, out_path: str | Path, fps: float | None = None, **coding) -> dict:
-    """Encode a (1, 3, T, H, W) video (see :func:`reconstruct` for ``coding``) and write an ``.etok`` file."""
-    from .tokenfile import write_tokens
-
-    result = reconstruct(model, video, fps=fps, **coding)
-    write_tokens(out_path, result.tokens, model, fps=fps, settings=result.settings)
-    return result.stats(model.config)
-
-
-def decode_file(model: ElasticTok, etok_path: str | Path, out_path: str | Path) -> Path:
-    """Decode an ``.etok`` file to an image (PNG/JPEG) or a video (MP4), refusing a file from another model."""
-    from .tokenfile import read_tokens
-
-    tokens = read_tokens(etok_path, model)
-    frames = model.decode(tokens.to(model.encoder.in_proj.weight.device))[0].cpu()  # (3, T, H, W)
-    header_fps = _etok_fps(etok_path)
-    if Path(out_path).suffix.lower() in io.VIDEO_EXTS:
-        return io.save_video(frames, out_path, header_fps or 24.0)
-    if frames.shape[1] != 1:
-        raise ValueError(f"{etok_path} holds {frames.shape[1]} frames; write it to a video file such as out.mp4")
-    return io.save_image(frames[:, 0], out_path)
-
-
-def _etok_fps(path: str | Path) -> float | None:
-    from .tokenfile import open_token_file
-
-    with open_token_file(path) as f:
-        return f.header.get("fps")

@@ -1,0 +1,126 @@
+"""Average-rate control: spend at most N tokens per block on average, where they help most.
+
+A first pass measures each block's rate-distortion curve at a few candidate counts (with context
+from earlier blocks coded at the budget, close to what the final pass will see). A Lagrangian
+allocation then picks one count per block minimising total distortion under the token budget, and a
+greedy pass spends what the Lagrangian leaves over. The uniform allocation (N everywhere) is always
+a candidate, so the allocation is never worse than it on the measured curves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from .metrics import mse_to_psnr
+from .model import ElasticTok
+from .search import grid_candidates
+from .streaming import reset_context
+
+OBJECTIVES = ("psnr", "mse")
+
+
+@dataclass
+class Allocation:
+    counts: list[int]
+    budget: float  # tokens per block on average
+    predicted_distortion: float  # on the measured curves, summed over blocks
+
+    @property
+    def average(self) -> float:
+        return sum(self.counts) / len(self.counts)
+
+
+def candidate_counts(lo: int, hi: int, budget: int, num: int = 12) -> list[int]:
+    """A log-spaced grid over [lo, hi] plus the budget itself (so the uniform allocation is feasible)."""
+    return sorted(set(grid_candidates(lo, hi, num)) | {min(max(budget, lo), hi)})
+
+
+def distortion(mse: float, objective: str) -> float:
+    """What the allocation minimises per block: MSE, or minus PSNR (maximising mean PSNR)."""
+    return mse if objective == "mse" else -float(mse_to_psnr(max(mse, 1e-12)))
+
+
+@torch.no_grad()
+def measure_curves(
+    model: ElasticTok,
+    blocks: Iterable[torch.Tensor],
+    candidates: list[int],
+    context_count: int,
+    context_blocks: int | None = None,
+    keyframes: set[int] | None = None,
+) -> list[dict[int, float]]:
+    """Per block, the official block MSE at every candidate count: [{count: mse}, ...]."""
+    from .adaptive import BlockScorer, _BlockCoder
+
+    curves, state, scorer = [], None, None
+    for i, block in enumerate(blocks):
+        if state is None:
+            state = model.new_state(tuple(block.shape[-2:]))
+            scorer = BlockScorer(model, "mse", state.frame_size)
+        if keyframes and i in keyframes:
+            reset_context(state)
+        coder = _BlockCoder(model, model.patchify(block.to(model.encoder.in_proj.weight.device)), state, scorer)
+        curves.append({n: coder.evaluate(n, lambda v: False) for n in candidates})
+        model.commit(state, coder.step(context_count), context_blocks)
+    return curves
+
+
+def allocate(curves: list[dict[int, float]], budget: float, objective: str = "psnr") -> Allocation:
+    """Choose one count per block with average <= ``budget`` minimising summed distortion."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+    if not curves:
+        raise ValueError("no blocks to allocate tokens to")
+    total = budget * len(curves)
+    costs = [{n: distortion(m, objective) for n, m in c.items()} for c in curves]
+    smallest = sum(min(c) for c in costs)
+    if smallest > total:
+        raise ValueError(f"a budget of {budget} tokens per block is below the minimum of {smallest / len(curves):.1f}")
+    counts = _lagrangian(costs, total)
+    counts = _fill(costs, counts, total)
+    uniform = [max([n for n in c if n <= budget], default=min(c)) for c in costs]
+    if sum(c[n] for c, n in zip(costs, uniform)) < sum(c[n] for c, n in zip(costs, counts)):
+        counts = uniform
+    return Allocation(counts, budget, sum(c[n] for c, n in zip(costs, counts)))
+
+
+def _pick(costs: list[dict[int, float]], lam: float) -> list[int]:
+    return [min(c, key=lambda n: (c[n] + lam * n, n)) for c in costs]
+
+
+def _lagrangian(costs: list[dict[int, float]], total: float) -> list[int]:
+    """The cheapest multiplier whose per-block argmin fits the budget (bisection on lambda)."""
+    if sum(_pick(costs, 0.0)) <= total:
+        return _pick(costs, 0.0)
+    lo, hi = 0.0, 1.0
+    while sum(_pick(costs, hi)) > total:
+        hi *= 2
+        if hi > 1e12:
+            break
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if sum(_pick(costs, mid)) > total:
+            lo = mid
+        else:
+            hi = mid
+    return _pick(costs, hi)
+
+
+def _fill(costs: list[dict[int, float]], counts: list[int], total: float) -> list[int]:
+    """Spend leftover tokens on the upgrades with the best distortion drop per token."""
+    counts = list(counts)
+    while True:
+        left = total - sum(counts)
+        best, best_gain = None, 0.0
+        for i, (c, n) in enumerate(zip(costs, counts)):
+            for m in c:
+                if n < m <= n + left and c[m] < c[n]:
+                    gain = (c[n] - c[m]) / (m - n)
+                    if gain > best_gain:
+                        best, best_gain = (i, m), gain
+        if best is None:
+            return counts
+        counts[best[0]] = best[1]

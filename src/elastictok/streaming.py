@@ -1,0 +1,187 @@
+"""Block-by-block coding of videos of any length with bounded memory.
+
+Blocks are coded in order through the model's KV cache. ``context_blocks`` bounds how many earlier
+blocks each block attends to (a sliding window), so memory does not grow with the video. At a
+keyframe (the first block, every ``keyframe_interval`` blocks, or a detected hard cut) the context
+is reset, so decoding can start there.
+
+Positions keep counting past the trained context: block i always sits at its global index. RoPE
+attention depends only on the offset between a query and a key, so a window of W blocks sees the
+same relative geometry wherever it is in the video; what grows is only the float32 rounding of the
+absolute angles, as in the official code at its 1M-token context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .adaptive import BlockScorer, Target, _BlockCoder
+from .metrics import mse_to_psnr
+from .model import ElasticTok, KVCache, StreamState
+from .search import SEARCHES, run_search
+
+# Mean absolute change in [-1, 1] pixels between the last frame of a block and the first of the next
+# that counts as a hard cut (about 38 grey levels); continuous footage stays far below it.
+DEFAULT_CUT_THRESHOLD = 0.3
+
+
+@dataclass
+class CodedBlock:
+    index: int
+    count: int
+    codes: torch.Tensor  # (1, T, D), zero past the count
+    recon: torch.Tensor  # (1, 3, frames_per_block, H, W) in [-1, 1]
+    value: float  # the target metric (MSE when coding at fixed counts)
+    mse: float
+    evaluations: int
+    keyframe: bool
+
+    @property
+    def psnr(self) -> float:
+        return float(mse_to_psnr(self.mse))
+
+
+def blocks_of(frames: Iterable[torch.Tensor], frames_per_block: int) -> Iterator[tuple[torch.Tensor, int]]:
+    """Group (3, H, W) frames into (1, 3, frames_per_block, H, W) blocks with their true frame counts.
+
+    A last partial block is completed by repeating its last frame, as the encoder does.
+    """
+    buf: list[torch.Tensor] = []
+    for frame in frames:
+        buf.append(frame)
+        if len(buf) == frames_per_block:
+            yield torch.stack(buf, dim=1)[None], frames_per_block
+            buf = []
+    if buf:
+        real = len(buf)
+        buf += [buf[-1]] * (frames_per_block - real)
+        yield torch.stack(buf, dim=1)[None], real
+
+
+def is_cut(previous_block: torch.Tensor | None, block: torch.Tensor, threshold: float) -> bool:
+    if previous_block is None:
+        return False
+    return float((block[:, :, 0] - previous_block[:, :, -1]).abs().mean()) > threshold
+
+
+def reset_context(state: StreamState) -> None:
+    state.enc, state.dec = KVCache(), KVCache()
+
+
+@torch.no_grad()
+def code_blocks(
+    model: ElasticTok,
+    blocks: Iterable[torch.Tensor],
+    *,
+    target: Target | None = None,
+    search: str = "fast",
+    min_tokens: int | None = None,
+    max_tokens: int | None = None,
+    counts: int | Iterable[int] | None = None,
+    context_blocks: int | None = None,
+    keyframe_interval: int | None = None,
+    cut_threshold: float | None = None,
+) -> Iterator[CodedBlock]:
+    """Code (1, 3, frames_per_block, H, W) blocks in order; yields each block as soon as it is coded.
+
+    ``counts``: None searches each block for the fewest tokens meeting ``target``; an int keeps that
+    many in every block; an iterable gives one count per block (a rate-control allocation).
+    """
+    if search not in SEARCHES:
+        raise ValueError(f"unknown search {search!r}; expected one of {SEARCHES}")
+    if context_blocks is not None and context_blocks < 1:
+        raise ValueError(f"expected context_blocks >= 1, got {context_blocks}")
+    target = target or Target()
+    per_block = None if counts is None or isinstance(counts, int) else iter(counts)
+    state, scorer, mse_scorer = None, None, None
+    start = slope = None
+    previous = None
+    for i, block in enumerate(blocks):
+        if state is None:
+            frame_size = tuple(block.shape[-2:])
+            state = model.new_state(frame_size)
+            T = model.config.tokens_per_block(frame_size)
+            lo = model.config.min_tokens(frame_size) if min_tokens is None else min_tokens
+            hi = T if max_tokens is None else max_tokens
+            if not 1 <= lo <= hi <= T:
+                raise ValueError(f"expected 1 <= min tokens ({lo}) <= max tokens ({hi}) <= {T} tokens per block")
+            scorer = BlockScorer(model, target.metric if counts is None else "mse", frame_size)
+            mse_scorer = scorer if scorer.metric == "mse" else BlockScorer(model, "mse", frame_size)
+        keyframe = i == 0 or bool(keyframe_interval and i % keyframe_interval == 0)
+        keyframe = keyframe or (cut_threshold is not None and is_cut(previous, block, cut_threshold))
+        if keyframe:
+            reset_context(state)
+        patches = model.patchify(block.to(model.encoder.in_proj.weight.device))
+        coder = _BlockCoder(model, patches, state, scorer)
+        if counts is None:
+            found = run_search(search, lambda m: target.margin(coder.evaluate(m, target.met)), lo, hi, start, slope)
+            n, evals, start, slope = found.count, found.evaluations, found.count, found.slope
+        else:
+            n = counts if isinstance(counts, int) else next(per_block, None)
+            if n is None:
+                raise ValueError(f"the allocation has fewer counts than the video has blocks ({i})")
+            if not 1 <= n <= T:
+                raise ValueError(f"expected token counts in [1, {T}], got {n} for block {i}")
+            coder.evaluate(n, lambda v: True)
+            evals = 1
+        step = coder.final(n)
+        model.commit(state, step, context_blocks)
+        value = coder.values.get(n)
+        if value is None:
+            value = scorer(step.recon, patches)
+        mse = value if scorer is mse_scorer else mse_scorer(step.recon, patches)
+        recon = model.unpatchify(step.recon.float(), model.config.frames_per_block, state.frame_size)
+        previous = block
+        yield CodedBlock(i, n, step.codes, recon, value, mse, evals, keyframe)
+
+
+@torch.no_grad()
+def decode_blocks(
+    model: ElasticTok,
+    codes: Iterable[torch.Tensor],
+    frame_size: tuple[int, int],
+    keyframes: Iterable[int] = (0,),
+    context_blocks: int | None = None,
+    start_block: int = 0,
+) -> Iterator[torch.Tensor]:
+    """Decode per-block masked codes (1, T, D) in order to (1, 3, frames_per_block, H, W) blocks.
+
+    Uses the same context rules as :func:`code_blocks`, so it reproduces the encoder's reconstruction;
+    ``start_block`` must be a keyframe when decoding from the middle.
+    """
+    keys = set(keyframes)
+    if start_block and start_block not in keys:
+        raise ValueError(f"decoding can only start at a keyframe; block {start_block} is not one ({sorted(keys)})")
+    state = model.new_state(frame_size)
+    state.next_block = start_block
+    for block_codes in codes:
+        if state.next_block in keys:
+            reset_context(state)
+        recon, kv = model.decode_block(block_codes.to(model.encoder.in_proj.weight.device), state)
+        state.dec.append(kv)
+        if context_blocks is not None:
+            state.dec.keep_last(context_blocks)
+        state.next_block += 1
+        yield model.unpatchify(recon.float(), model.config.frames_per_block, frame_size)
+
+
+def frames_of(blocks: Iterable[torch.Tensor], num_frames: int | None = None) -> Iterator[torch.Tensor]:
+    """(1, 3, F, H, W) blocks -> (3, H, W) frames, stopping after ``num_frames`` (the true length)."""
+    emitted = 0
+    for block in blocks:
+        for t in range(block.shape[2]):
+            if num_frames is not None and emitted >= num_frames:
+                return
+            emitted += 1
+            yield block[0, :, t]
+
+
+def on_each(items: Iterable, callback: Callable | None) -> Iterator:
+    """Pass items through, calling ``callback(item)`` on each (to write blocks while streaming)."""
+    for item in items:
+        if callback is not None:
+            callback(item)
+        yield item
