@@ -235,21 +235,26 @@ def reconstruct_file(
     return result
 
 
+def decode_frames(model: ElasticTok, f, start_block: int = 0) -> Iterator[torch.Tensor]:
+    """(3, H, W) frames of an open token file, decoded block by block from block 0 or a keyframe."""
+    f.check_model(model)
+    size = tuple(f.header["frame_size"])
+    settings = f.header.get("settings") or {}
+    if not 0 <= start_block < f.num_blocks:
+        raise ValueError(f"start block {start_block} is outside the file's {f.num_blocks} blocks")
+    T = model.config.tokens_per_block(size)
+    codes = (_block_codes(model, f.read_block(i), T) for i in range(start_block, f.num_blocks))
+    blocks = decode_blocks(model, codes, size, f.keyframes, settings.get("context_blocks"), start_block)
+    return frames_of(blocks, f.num_frames - start_block * model.config.frames_per_block)
+
+
 def decode_file(model: ElasticTok, etok_path, out_path, start_block: int = 0) -> Path:
-    """Decode an ``.etok`` file block by block into an image or a video, from block 0 or a keyframe."""
+    """Decode an ``.etok`` file into an image or a video (streamed), from block 0 or a keyframe."""
     with open_token_file(etok_path) as f:
-        f.check_model(model)
-        header = f.header
-        size = tuple(header["frame_size"])
-        settings = header.get("settings") or {}
-        fpb = model.config.frames_per_block
-        T = model.config.tokens_per_block(size)
-        codes = (_block_codes(model, f.read_block(i), T) for i in range(start_block, f.num_blocks))
-        blocks = decode_blocks(model, codes, size, f.keyframes, settings.get("context_blocks"), start_block)
-        frames = frames_of(blocks, f.num_frames - start_block * fpb)
+        frames = decode_frames(model, f, start_block)
         if Path(out_path).suffix.lower() in io.VIDEO_EXTS:
-            return io.save_video(frames, out_path, header.get("fps") or 24.0)
-        if f.num_frames - start_block * fpb != 1:
+            return io.save_video(frames, out_path, f.header.get("fps") or 24.0)
+        if f.num_frames - start_block * model.config.frames_per_block != 1:
             raise ValueError(f"{etok_path} holds {f.num_frames} frames; write it to a video file such as out.mp4")
         return io.save_image(next(frames), out_path)
 

@@ -1,0 +1,141 @@
+"""Streaming coding, context windows, keyframes and rate control."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from elastictok.adaptive import Target, encode_adaptive
+from elastictok.filecoding import Coding, Source, decode_file, decode_frames, encode_file
+from elastictok.ratecontrol import allocate
+from elastictok.streaming import blocks_of, code_blocks, decode_blocks, frames_of
+from elastictok.tokenfile import open_token_file
+
+from helpers import random_video, tiny
+
+
+def smooth_clip(frames: int, size=(32, 32), seed: int = 0) -> torch.Tensor:
+    """(1, 3, T, H, W): a drifting gradient, so blocks resemble each other like real footage."""
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.linspace(-1, 1, size[0]), torch.linspace(-1, 1, size[1]), indexing="ij")
+    phase = torch.rand(3, generator=g) * 6
+    t = torch.arange(frames, dtype=torch.float32)[:, None, None]
+    chans = [torch.sin(3 * x + 2 * y + phase[c] + 0.1 * t) * 0.6 for c in range(3)]
+    return torch.stack(chans)[None]  # (1, 3, T, H, W)
+
+
+def as_blocks(video: torch.Tensor, fpb: int):
+    return (b for b, _ in blocks_of(list(video[0].unbind(1)), fpb))
+
+
+def test_streaming_equals_whole_video_when_the_window_covers_it():
+    m = tiny("tiny-fsq")
+    video = smooth_clip(16)
+    whole = encode_adaptive(m, video, Target("mse", 0.2), search="binary")
+    streamed = list(code_blocks(m, as_blocks(video, 4), target=Target("mse", 0.2), search="binary",
+                                context_blocks=4, cut_threshold=None))
+    assert [cb.count for cb in streamed] == whole.tokens.counts[0].tolist()
+    assert torch.equal(torch.cat([cb.recon for cb in streamed], 2), whole.recon)
+
+
+def test_small_window_codes_and_decodes_every_block():
+    m = tiny("tiny-fsq")
+    video = smooth_clip(40)
+    coded = list(code_blocks(m, as_blocks(video, 4), counts=20, context_blocks=2, cut_threshold=None))
+    assert len(coded) == 10
+    recon = list(decode_blocks(m, (cb.codes for cb in coded), (32, 32), context_blocks=2))
+    for a, b in zip(coded, recon):
+        assert torch.equal(a.recon, b)
+    # With a window the context differs from full attention, so later blocks differ from it.
+    full = list(code_blocks(m, as_blocks(video, 4), counts=20, cut_threshold=None))
+    assert torch.equal(full[1].recon, coded[1].recon) and not torch.equal(full[5].recon, coded[5].recon)
+
+
+def test_frames_of_stops_at_the_true_length():
+    blocks = [torch.zeros(1, 3, 4, 8, 8), torch.ones(1, 3, 4, 8, 8)]
+    assert len(list(frames_of(blocks, 6))) == 6
+
+
+def test_scene_cut_resets_context_and_decoding_from_the_keyframe_matches(tmp_path):
+    m = tiny("tiny-axial")
+    a, b = smooth_clip(12, seed=0), -smooth_clip(9, seed=5)  # a hard cut after frame 12
+    video = torch.cat([a, b], 2)
+    src = tmp_path / "cut.mp4"
+    from elastictok import io
+
+    io.save_video(video[0], src, 8.0, crf=0)
+    source = Source.open(src, m, resolution=32)
+    etok = tmp_path / "cut.etok"
+    stats = encode_file(m, source, etok, Coding(num_tokens=30))
+    assert stats["keyframes"] == [0, 3] and stats["frames"] == 21
+    with open_token_file(etok) as f:
+        assert f.keyframes == [0, 3] and f.num_frames == 21
+    with open_token_file(etok) as f:
+        frames_full = list(decode_frames(m, f))
+        frames_part = list(decode_frames(m, f, start_block=3))
+    assert len(frames_full) == 21 and len(frames_part) == 9
+    for x, y in zip(frames_full[12:], frames_part):
+        assert torch.equal(x, y)
+    with pytest.raises(ValueError, match="only start at a keyframe"):
+        decode_file(m, etok, tmp_path / "bad.mp4", start_block=2)
+    assert not (tmp_path / "bad.mp4").exists()
+    assert len(list(io.iter_video_frames(decode_file(m, etok, tmp_path / "part.mp4", start_block=3)))) == 9
+
+
+def test_keyframe_interval():
+    m = tiny("tiny-fsq")
+    coded = list(code_blocks(m, as_blocks(smooth_clip(24), 4), counts=8, keyframe_interval=2, cut_threshold=None))
+    assert [cb.keyframe for cb in coded] == [True, False] * 3
+
+
+def test_allocation_respects_budget_and_beats_uniform_on_its_curves():
+    curves = [
+        {16: 0.10, 32: 0.05, 64: 0.01},  # a hard block: more tokens help a lot
+        {16: 0.010, 32: 0.009, 64: 0.008},  # an easy one
+        {16: 0.02, 32: 0.01, 64: 0.005},
+    ]
+    for budget in [16, 20, 32, 40, 64]:
+        for objective in ["psnr", "mse"]:
+            alloc = allocate(curves, budget, objective)
+            assert alloc.average <= budget
+            uniform = [max(n for n in c if n <= budget) for c in curves]
+            alloc_u = allocate([{n: c[n]} for c, n in zip(curves, uniform)], budget, objective)
+            assert alloc.predicted_distortion <= alloc_u.predicted_distortion + 1e-12
+    assert allocate(curves, 32, "mse").counts[0] == 64
+    with pytest.raises(ValueError, match="below the minimum"):
+        allocate(curves, 8)
+
+
+def test_budget_is_never_exceeded_and_caps_hold(tmp_path):
+    m = tiny("tiny-axial")
+    from elastictok import io
+
+    src = tmp_path / "clip.mp4"
+    io.save_video(torch.cat([smooth_clip(12), random_video(1, 8, seed=2) * 0.5], 2)[0], src, 8.0)
+    source = Source.open(src, m, resolution=32)
+    for budget in [10, 25.5]:
+        stats = encode_file(m, source, tmp_path / "b.etok", Coding(budget=budget, min_tokens=4, max_tokens=40))
+        counts = [b["tokens"] for b in stats["blocks"]]
+        assert sum(counts) / len(counts) <= budget
+        assert all(4 <= c <= 40 for c in counts)
+        assert stats["rate_control"]["allocation"] == counts
+    stats = encode_file(m, source, tmp_path / "q.etok", Coding(target=Target("mse", 1e-9), min_tokens=4, max_tokens=12))
+    assert max(b["tokens"] for b in stats["blocks"]) <= 12
+
+
+def test_killed_encode_leaves_no_partial_file(tmp_path):
+    m = tiny("tiny-axial")
+    from elastictok import io
+
+    src = tmp_path / "clip.mp4"
+    io.save_video(smooth_clip(16)[0], src, 8.0)
+    source = Source.open(src, m, resolution=32)
+    out = tmp_path / "k.etok"
+
+    def interrupt(cb):
+        if cb.index == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_file(m, source, out, Coding(num_tokens=10), on_block=interrupt)
+    assert not out.exists() and not list(tmp_path.glob(".k.etok*"))
