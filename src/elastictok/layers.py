@@ -59,12 +59,13 @@ def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> torch.T
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs (2i, 2i+1) of x (B, L, nh, hd) by angles given as cos/sin (L, hd/2)."""
-    xf = x.float().unflatten(-1, (-1, 2))  # (B, L, nh, hd/2, 2)
-    a, b = xf[..., 0], xf[..., 1]
-    c, s = cos[:, None, :], sin[:, None, :]  # (L, 1, hd/2)
-    out = torch.stack((a * c - b * s, a * s + b * c), dim=-1)
-    return out.flatten(-2).to(x.dtype)  # (B, L, nh, hd)
+    """Rotate interleaved channel pairs (2i, 2i+1) of x (B, L, nh, hd) by angles given as cos/sin (L, hd/2).
+
+    Each pair is the complex number x[2i] + i x[2i+1], as in the official (Meta LLaMA style) code.
+    """
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, L, nh, hd/2) complex
+    rot = torch.complex(cos, sin)[:, None, :]  # (L, 1, hd/2)
+    return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)  # (B, L, nh, hd)
 
 
 # Attention and MLP ------------------------------------------------------------------------------
