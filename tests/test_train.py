@@ -402,3 +402,17 @@ def test_ddp_two_processes_end_with_identical_weights(pack: Path, tmp_path: Path
     results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(r["same"] and r["step"] == 2 and r["world"] == 2 for r in results)
     assert load_checkpoint(out)["step"] == 2 and len(metrics(out, "val")) == 1
+
+
+def test_init_weights_fine_tunes_into_an_unconditioned_variant(tmp_path):
+    from elastictok import ElasticTok, ElasticTokConfig
+    from elastictok.train import init_weights
+
+    torch.manual_seed(0)
+    source = ElasticTok(ElasticTokConfig.from_preset("tiny-fsq"))
+    source.save_pretrained(tmp_path / "src")
+    target = ElasticTok(ElasticTokConfig.from_preset("tiny-fsq", encoder_conditioning="none"))
+    report = init_weights(target, tmp_path / "src")
+    assert "encoder.kept_embed" in report and torch.equal(target.decoder.out_proj.weight, source.decoder.out_proj.weight)
+    with pytest.raises(ValueError, match="no tensor matches"):
+        init_weights(ElasticTok(ElasticTokConfig.from_preset("tiny-vae", hidden_size=32, num_heads=2)), tmp_path / "src")

@@ -304,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change one model config field, e.g. bottleneck=vae (repeatable)")
     p.add_argument("--out", dest="out_dir", help="run directory (default: runs/elastictok)")
     p.add_argument("--resume", help="'latest' (in --out), a checkpoint file or a run directory")
+    p.add_argument("--init-from", help="pretrained directory to fine-tune from (matching tensors are loaded)")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int, help="per process")
     p.add_argument("--lr", type=float)

@@ -106,6 +106,7 @@ class TrainConfig:
     # Bookkeeping.
     out_dir: str = "runs/elastictok"
     resume: str | None = None  # "latest" (in out_dir), a checkpoint file, or a run directory
+    init_from: str | None = None  # a pretrained directory to fine-tune from (tensors matched by name and shape)
     ckpt_every: int = 1000
     keep_last: int = 3
     log_every: int = 10
@@ -336,6 +337,27 @@ def _new_model(config: ElasticTokConfig) -> ElasticTok:
         return ElasticTok(config)
 
 
+def init_weights(model: ElasticTok, directory: str | Path) -> str:
+    """Copy the tensors of a pretrained directory whose names and shapes match ``model``'s.
+
+    For fine-tuning, including into a variant (e.g. an unconditioned encoder, which has no kept/masked
+    embeddings): tensors only one side has are reported, not fatal; nothing matching is an error.
+    """
+    from safetensors.torch import load_file
+
+    from .pretrained import WEIGHTS_NAME
+
+    source = load_file(str(Path(directory) / WEIGHTS_NAME))
+    own = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise ValueError(f"{directory}: no tensor matches this model by name and shape; expected an elastictok model")
+    model.load_state_dict(matched, strict=False)
+    fresh = sorted(set(own) - set(matched))
+    dropped = sorted(set(source) - set(matched))
+    return f"{len(matched)} tensors loaded, new {fresh or 'none'}, unused {dropped or 'none'}"
+
+
 def export_pretrained(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Training checkpoint (or run directory: its latest) -> a ``from_pretrained`` directory."""
     ckpt = load_checkpoint(checkpoint)
@@ -452,6 +474,8 @@ class _Run:
         self._build_data()
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = ElasticTok(self.mcfg)
+        if cfg.init_from and self.ckpt is None:
+            self._log("initialised from %s: %s", cfg.init_from, init_weights(self.model, cfg.init_from))
         self.wrapped = D.parallelize(self.model, cfg.parallel, self.device, cfg.compile, cfg.activation_checkpointing)
         self.params = list(self.model.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
