@@ -168,23 +168,47 @@ def _values(model: ElasticTok, cb: CodedBlock) -> torch.Tensor:
     return model.codes_to_values(cb.codes)[0, : cb.count].cpu()
 
 
+class BlockWriter:
+    """Codes ``source`` and appends each block to an ``.etok`` file as it is coded.
+
+    Iterate over it to get the coded blocks; the file is renamed into place only after the last one.
+    ``stats`` holds the per-block figures and ``report`` the rate-control plan.
+    """
+
+    def __init__(self, model: ElasticTok, source: Source, out_path, coding: Coding,
+                 on_block: Callable[[CodedBlock], None] | None = None) -> None:
+        self.model, self.source, self.out_path, self.coding, self.on_block = model, source, out_path, coding, on_block
+        self.stats: list[dict] = []
+        self.report: dict = {}
+        self.start = time.perf_counter()
+
+    def __iter__(self) -> Iterator[CodedBlock]:
+        model, source = self.model, self.source
+        blocks, self.report = run(model, source, self.coding)
+        T = model.config.tokens_per_block(source.size)
+        with TokenFileWriter.for_model(self.out_path, model, frame_size=source.size, fps=source.fps,
+                                       settings=self.coding.settings()) as writer:
+            for cb in blocks:
+                writer.write_block(_values(model, cb), cb.count, keyframe=cb.keyframe)
+                self.stats.append(block_stats(cb, T))
+                if self.on_block is not None:
+                    self.on_block(cb)
+                yield cb
+            writer.set_num_frames(source.frames_read)
+
+    def summary(self) -> dict:
+        seconds = time.perf_counter() - self.start
+        return summarize(self.stats, self.source, self.coding, self.report, seconds, self.source.frames_read)
+
+
 def encode_file(
     model: ElasticTok, source: Source, out_path, coding: Coding, on_block: Callable[[CodedBlock], None] | None = None
 ) -> dict:
     """Code ``source`` block by block into ``out_path`` (.etok), appending each block as it is coded."""
-    start = time.perf_counter()
-    blocks, report = run(model, source, coding)
-    T = model.config.tokens_per_block(source.size)
-    stats: list[dict] = []
-    with TokenFileWriter.for_model(out_path, model, frame_size=source.size, fps=source.fps,
-                                   settings=coding.settings()) as writer:
-        for cb in blocks:
-            writer.write_block(_values(model, cb), cb.count, keyframe=cb.keyframe)
-            stats.append(block_stats(cb, T))
-            if on_block is not None:
-                on_block(cb)
-        writer.set_num_frames(source.frames_read)
-    return summarize(stats, source, coding, report, time.perf_counter() - start, source.frames_read)
+    writer = BlockWriter(model, source, out_path, coding, on_block)
+    for _ in writer:
+        pass
+    return writer.summary()
 
 
 def reconstruct_file(
@@ -197,25 +221,15 @@ def reconstruct_file(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    blocks, report = run(model, source, coding)
-    T = model.config.tokens_per_block(source.size)
-    stats: list[dict] = []
+    writer = BlockWriter(model, source, out / "tokens.etok", coding, on_block)
     last: list[torch.Tensor] = []
 
     def recon_frames() -> Iterator[torch.Tensor]:
-        with TokenFileWriter.for_model(out / "tokens.etok", model, frame_size=source.size, fps=source.fps,
-                                       settings=coding.settings()) as writer:
-            for cb in blocks:
-                writer.write_block(_values(model, cb), cb.count, keyframe=cb.keyframe)
-                stats.append(block_stats(cb, T))
-                if on_block is not None:
-                    on_block(cb)
-                last[:] = [cb.recon]
-                # The source has counted this block's real frames by now; padding is never emitted.
-                real = source.frames_read - cb.index * model.config.frames_per_block
-                yield from (cb.recon[0, :, t] for t in range(real))
-            writer.set_num_frames(source.frames_read)
+        for cb in writer:
+            last[:] = [cb.recon]
+            # The source has counted this block's real frames by now; padding is never emitted.
+            real = source.frames_read - cb.index * model.config.frames_per_block
+            yield from (cb.recon[0, :, t] for t in range(real))
 
     if source.is_video:
         io.save_video(recon_frames(), out / "recon.mp4", source.fps)
@@ -227,7 +241,7 @@ def reconstruct_file(
         image = next(source.frames())[:, None]  # (3, 1, H, W)
         io.save_image(last[0][0, :, 0], out / "recon.png")
         io.save_image(side_by_side(image, last[0][0, :, :1])[:, 0], out / "compare.png")
-    result = summarize(stats, source, coding, report, time.perf_counter() - start, source.frames_read)
+    result = writer.summary()
     plot_blocks(result, out / "blocks.png")
     tmp = out / "stats.json.tmp"
     tmp.write_text(json.dumps(result, indent=2) + "\n")
