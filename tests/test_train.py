@@ -241,15 +241,16 @@ def test_checkpoint_write_is_atomic(pack: Path, tmp_path: Path, monkeypatch: pyt
     with pytest.raises(OSError, match="No space left"):
         train(cfg_for(pack, out, steps=4, ckpt_every=2, resume="latest"))
     assert good.read_bytes() == before
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002.pt"]  # no temporaries
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["step_00000002.pt", "step_00000002.pt.sha256"]  # no temporaries
     monkeypatch.undo()
     assert load_checkpoint(out)["step"] == 2
 
 
 def test_keeps_only_the_last_checkpoints(pack: Path, tmp_path: Path) -> None:
     train(cfg_for(pack, tmp_path / "run", steps=5, ckpt_every=1, keep_last=2))
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000004.pt",
-                                                                                   "step_00000005.pt"]
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["step_00000004.pt", "step_00000004.pt.sha256", "step_00000005.pt", "step_00000005.pt.sha256"]
 
 
 def test_nan_loss_stops_with_a_clear_message_and_saves_nothing(pack: Path, tmp_path: Path,
@@ -266,7 +267,7 @@ def test_nan_loss_stops_with_a_clear_message_and_saves_nothing(pack: Path, tmp_p
     with pytest.raises(TrainingDiverged, match="diverged at step 3: non-finite loss") as err:
         train(cfg_for(pack, out, steps=6, ckpt_every=2))
     assert "step_00000002.pt" in str(err.value)
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002.pt"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002.pt", "step_00000002.pt.sha256"]
     ckpt = load_checkpoint(out)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
@@ -402,6 +403,11 @@ def test_ddp_two_processes_end_with_identical_weights(pack: Path, tmp_path: Path
     results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(r["same"] and r["step"] == 2 and r["world"] == 2 for r in results)
     assert load_checkpoint(out)["step"] == 2 and len(metrics(out, "val")) == 1
+    # One process with the same global batch (2 x 2) takes the same two steps.
+    train(cfg_for(pack, tmp_path / "single", steps=2, batch_size=4, ckpt_every=1))
+    ddp, single = load_checkpoint(out)["model"], load_checkpoint(tmp_path / "single")["model"]
+    for name, value in single.items():
+        torch.testing.assert_close(ddp[name], value, rtol=0, atol=2e-6, msg=name)
 
 
 def test_init_weights_fine_tunes_into_an_unconditioned_variant(tmp_path):
@@ -416,3 +422,21 @@ def test_init_weights_fine_tunes_into_an_unconditioned_variant(tmp_path):
     assert "encoder.kept_embed" in report and torch.equal(target.decoder.out_proj.weight, source.decoder.out_proj.weight)
     with pytest.raises(ValueError, match="no tensor matches"):
         init_weights(ElasticTok(ElasticTokConfig.from_preset("tiny-vae", hidden_size=32, num_heads=2)), tmp_path / "src")
+
+
+def test_corrupt_checkpoint_is_detected(pack: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(cfg_for(pack, out, steps=2, ckpt_every=2))
+    ckpt = T.latest_checkpoint(out)
+    assert T.checksum_path(ckpt).is_file()
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0x40  # inside the tensor payload, where torch's loader would not notice
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt"):
+        load_checkpoint(out)
+    with pytest.raises(ValueError, match="corrupt"):
+        train(cfg_for(pack, out, steps=4, resume="latest"))
+    ckpt.write_bytes(b"garbage")
+    T.checksum_path(ckpt).unlink()
+    with pytest.raises(ValueError, match="not a readable training checkpoint"):
+        load_checkpoint(ckpt)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -239,19 +240,39 @@ def _clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor
 # Checkpoints
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """``torch.save`` to a temporary file next to ``path``, fsync, then rename: never a partial checkpoint."""
+    """``torch.save`` to a temporary file next to ``path``, fsync, then rename: never a partial checkpoint.
+
+    A ``.sha256`` file beside it lets :func:`load_checkpoint` detect later damage (torch's zip reader
+    does not check its CRCs).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp_sum = tmp.with_name(tmp.name + ".sha256")
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        tmp_sum.write_text(_sha256(tmp) + "\n")
+        os.replace(tmp_sum, checksum_path(path))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        tmp_sum.unlink(missing_ok=True)
         raise
     return path
 
@@ -276,6 +297,7 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
 def _prune(directory: Path, keep: int) -> None:
     for p in list_checkpoints(directory)[:-keep]:
         p.unlink(missing_ok=True)
+        checksum_path(p).unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -288,6 +310,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path = found
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    sums = checksum_path(path)
+    if sums.is_file() and sums.read_text().strip() != _sha256(path):
+        raise ValueError(f"{path}: checkpoint is corrupt (its SHA-256 does not match {sums.name}); resume from an older one")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling raises many types on foreign or damaged files
@@ -537,30 +562,38 @@ class _Run:
         batch = self.data.batch_at(position, self.cfg.batch_size)  # (B, 3, T, H, W)
         return batch.pin_memory() if self.device.type == "cuda" else batch
 
-    def _batches(self) -> Iterator[torch.Tensor]:
+    def _batches(self) -> Iterator[tuple[torch.Tensor, list[int]]]:
         """Training batches, each prepared in a thread while the previous step runs.
 
         Batches are pure functions of the data position, so reading ahead leaves the resumable state
         (``self.data.position``: samples consumed) exact.
         """
+        B, world, rank = self.cfg.batch_size, self.info.world_size, self.info.rank
         with ThreadPoolExecutor(1) as pool:
             ahead = pool.submit(self._load_batch, self.data.position)
             while True:
                 batch = ahead.result()
-                self.data.position += self.cfg.batch_size
+                # Global sample indices, as the data sharding assigns them to this rank.
+                ids = [p * world + rank for p in range(self.data.position, self.data.position + B)]
+                self.data.position += B
                 ahead = pool.submit(self._load_batch, self.data.position)
-                yield batch
+                yield batch, ids
 
-    def _train_step(self, step: int, video: torch.Tensor) -> dict[str, float]:
-        cfg, B = self.cfg, self.cfg.batch_size
+    def _train_step(self, step: int, batch: tuple[torch.Tensor, list[int]]) -> dict[str, float]:
+        cfg = self.cfg
+        video, ids = batch
         video = video.to(self.device, non_blocking=True)
-        # Per-step randomness derived from (seed, step, rank): nothing to save, exact on resume.
-        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, self.info.rank, 2))
+        # Masks and LPIPS frames are drawn per sample from (seed, global sample index): nothing to save,
+        # exact on resume, and the same samples get the same draws whatever the number of processes.
         T = self.mcfg.tokens_per_block(self.frame_size)
         n_blocks = video.shape[2] // self.mcfg.frames_per_block
-        counts = sample_counts(B, n_blocks, self.mcfg.min_tokens(self.frame_size), T, gen, cfg.mask_mode,
-                               cfg.fixed_fraction)
-        frame_idx = torch.randint(video.shape[2], (B,), generator=gen)
+        counts, frame_idx = [], []
+        for i in ids:
+            gen = torch.Generator().manual_seed(derive_seed(cfg.seed, i, 2))
+            counts.append(sample_counts(1, n_blocks, self.mcfg.min_tokens(self.frame_size), T, gen, cfg.mask_mode,
+                                        cfg.fixed_fraction))
+            frame_idx.append(torch.randint(video.shape[2], (1,), generator=gen))
+        counts, frame_idx = torch.cat(counts), torch.cat(frame_idx)
         noise = None
         if self.mcfg.bottleneck == "vae":
             noise = torch.Generator(self.device).manual_seed(derive_seed(cfg.seed, step, self.info.rank, 3))
