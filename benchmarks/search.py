@@ -5,7 +5,7 @@ then runs a commit pass per block and a final whole-sequence pass. Ours (`binary
 winning candidate's KV cache and needs neither. Prints time, passes and how often the chosen counts
 agree. Usage:
 
-    python benchmarks/search_speed.py [--model DIR] [--clip PATH] [--frames 32] [--threshold 0.003]
+    python benchmarks/search.py [--model DIR] [--clip PATH] [--frames 32] [--threshold 0.003]
 """
 
 from __future__ import annotations
