@@ -93,3 +93,46 @@ def test_main_job_on_the_default_model(tmp_path, capsys):
     for name in ["sample_image", "sample_clip"]:
         assert (tmp_path / name / "stats.json").exists()
     assert not (tmp_path / "_sample_clip.mp4").exists()
+
+
+def _tiny_png(path, size):
+    from PIL import Image
+
+    Image.new("RGB", size, (120, 30, 200)).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--metric", "ssim", "--threshold", "1.5"], "ssim threshold must be in"),
+        (["--metric", "mse", "--threshold", "-1"], "mse threshold must be in"),
+        (["--min-tokens", "30", "--max-tokens", "10"], "min tokens (30) <= max tokens (10)"),
+        (["--num-tokens", "999"], "--num-tokens in"),
+        (["--budget", "1"], "below the minimum"),
+        (["--num-tokens", "5", "--budget", "8"], "not both"),
+        (["--context-blocks", "0"], "context_blocks >= 1"),
+    ],
+)
+def test_bad_settings_exit_2_and_write_nothing(tmp_path, model_dir, capsys, extra, message):
+    image = _tiny_png(tmp_path / "in.png", (64, 48))
+    for verb, out in [("encode", tmp_path / "o.etok"), ("reconstruct", tmp_path / "outdir")]:
+        assert main([verb, str(image), "-o", str(out), "--model", str(model_dir), "--resolution", "32", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+        assert not out.exists()
+
+
+def test_bad_media_and_token_files_exit_2(tmp_path, model_dir, capsys):
+    small = _tiny_png(tmp_path / "small.png", (5, 5))
+    assert main(["encode", str(small), "-o", str(tmp_path / "s.etok"), "--model", str(model_dir)]) == 2
+    assert "smaller than one 8x8 patch" in capsys.readouterr().err
+    trunc = tmp_path / "trunc.etok"
+    assert main(["encode", str(_image()), "-o", str(trunc), "--model", str(model_dir), "--resolution", "32",
+                 "--num-tokens", "8"]) == 0
+    trunc.write_bytes(trunc.read_bytes()[:-30])
+    for argv in (["decode", str(trunc), "-o", str(tmp_path / "t.png"), "--model", str(model_dir)], ["info", str(trunc)]):
+        assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+    assert not (tmp_path / "t.png").exists()

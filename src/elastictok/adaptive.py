@@ -22,6 +22,8 @@ from .tokens import Tokens
 METRICS = ("mse", "psnr", "ssim", "lpips")
 HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "lpips": False}
 DEFAULT_THRESHOLDS = {"mse": 0.003, "psnr": 31.25, "ssim": 0.9, "lpips": 0.1}
+# MSE on [-1, 1] pixels is at most 4; PSNR above 100 dB or SSIM above 1 can never be met.
+THRESHOLD_RANGES = {"mse": (0.0, 4.0), "psnr": (0.0, 100.0), "ssim": (0.0, 1.0), "lpips": (0.0, 10.0)}
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class Target:
             raise ValueError(f"unknown metric {self.metric!r}; expected one of {METRICS}")
         if self.threshold is None:
             object.__setattr__(self, "threshold", DEFAULT_THRESHOLDS[self.metric])
+        lo, hi = THRESHOLD_RANGES[self.metric]
+        if not (math.isfinite(self.threshold) and lo < self.threshold <= hi):
+            raise ValueError(f"a {self.metric} threshold must be in ({lo}, {hi}], got {self.threshold}")
 
     def met(self, value: float) -> bool:
         return self.margin(value) <= 0

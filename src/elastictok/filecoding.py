@@ -84,6 +84,22 @@ class Coding:
     cut_threshold: float | None = DEFAULT_CUT_THRESHOLD
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def check(self, model: ElasticTok, size: tuple[int, int]) -> None:
+        """Refuse contradictory settings before anything is written."""
+        T = model.config.tokens_per_block(size)
+        lo = self.min_tokens if self.min_tokens is not None else model.config.min_tokens(size)
+        hi = self.max_tokens if self.max_tokens is not None else T
+        if not 1 <= lo <= hi <= T:
+            raise ValueError(f"expected 1 <= min tokens ({lo}) <= max tokens ({hi}) <= {T} tokens per block")
+        if self.num_tokens is not None and not 1 <= self.num_tokens <= T:
+            raise ValueError(f"expected --num-tokens in [1, {T}], got {self.num_tokens}")
+        if self.budget is not None and not lo <= self.budget:
+            raise ValueError(f"a budget of {self.budget} tokens per block is below the minimum of {lo}")
+        for name in ("context_blocks", "keyframe_interval"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"expected {name} >= 1, got {value}")
+
     def settings(self) -> dict[str, Any]:
         if self.budget is not None:
             mode = {"mode": "budget", "budget": self.budget, "objective": self.budget_objective}
@@ -205,6 +221,7 @@ def encode_file(
     model: ElasticTok, source: Source, out_path, coding: Coding, on_block: Callable[[CodedBlock], None] | None = None
 ) -> dict:
     """Code ``source`` block by block into ``out_path`` (.etok), appending each block as it is coded."""
+    coding.check(model, source.size)
     writer = BlockWriter(model, source, out_path, coding, on_block)
     for _ in writer:
         pass
@@ -219,6 +236,7 @@ def reconstruct_file(
     Videos stream: the reconstruction goes to recon.mp4 block by block while the token file grows,
     and compare.mp4 is made afterwards from the input and recon.mp4, frame by frame.
     """
+    coding.check(model, source.size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     writer = BlockWriter(model, source, out / "tokens.etok", coding, on_block)

@@ -27,21 +27,32 @@ def input_size(path: str | Path, config: ElasticTokConfig, resolution: int | Non
     aspect ratio: the shorter side becomes ``resolution`` (default: the model's training size) and
     both sides are cut down to multiples of the patch size.
     """
+    _, hp, wp = config.patch_size
+    h, w = _native_size(path)
+    if h < hp or w < wp:
+        raise ValueError(f"{path}: {h}x{w} pixels is smaller than one {hp}x{wp} patch")
     if config.rope == "1d":
         if resolution is not None and (resolution, resolution) != tuple(config.frame_size):
             raise ValueError(f"this model only takes {config.frame_size[0]}x{config.frame_size[1]} frames; drop --resolution")
         return config.frame_size
-    if io.is_video_path(path):
-        info = io.video_info(path)
-        h, w = info.height, info.width
-    else:
-        with Image.open(path) as image:
-            w, h = image.size
+    if resolution is not None and resolution < min(hp, wp):
+        raise ValueError(f"expected --resolution of at least one patch ({min(hp, wp)} px), got {resolution}")
     short = resolution or min(config.frame_size)
     scale = short / min(h, w)
-    _, hp, wp = config.patch_size
     th, tw = max(hp, int(h * scale) // hp * hp), max(wp, int(w * scale) // wp * wp)
     return th, tw
+
+
+def _native_size(path: str | Path) -> tuple[int, int]:
+    if io.is_video_path(path):
+        info = io.video_info(path)
+        return info.height, info.width
+    try:
+        with Image.open(path) as image:
+            w, h = image.size
+    except (OSError, ValueError) as err:
+        raise io.MediaError(f"cannot read {str(path)!r} as an image: {err}") from None
+    return h, w
 
 
 def load_input(
