@@ -20,7 +20,6 @@ from .model import BlockStep, ElasticTok, StreamState
 from .tokens import Tokens
 
 METRICS = ("mse", "psnr", "ssim", "lpips")
-HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "lpips": False}
 DEFAULT_THRESHOLDS = {"mse": 0.003, "psnr": 31.25, "ssim": 0.9, "lpips": 0.1}
 # MSE on [-1, 1] pixels is at most 4; PSNR above 100 dB or SSIM above 1 can never be met.
 THRESHOLD_RANGES = {"mse": (0.0, 4.0), "psnr": (0.0, 100.0), "ssim": (0.0, 1.0), "lpips": (0.0, 10.0)}
@@ -104,7 +103,7 @@ class AdaptiveResult:
         return sum(c.evaluations for sample in self.choices for c in sample)
 
 
-class _BlockCoder:
+class BlockCoder:
     """Codes one block at candidate counts against a fixed past, remembering the winner's state."""
 
     def __init__(self, model: ElasticTok, patches: torch.Tensor, state: StreamState, scorer: BlockScorer) -> None:

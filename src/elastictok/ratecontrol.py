@@ -53,7 +53,7 @@ def measure_curves(
     keyframes: set[int] | None = None,
 ) -> list[dict[int, float]]:
     """Per block, the official block MSE at every candidate count: [{count: mse}, ...]."""
-    from .adaptive import BlockScorer, _BlockCoder
+    from .adaptive import BlockScorer, BlockCoder
 
     curves, state, scorer = [], None, None
     for i, block in enumerate(blocks):
@@ -62,7 +62,7 @@ def measure_curves(
             scorer = BlockScorer(model, "mse", state.frame_size)
         if keyframes and i in keyframes:
             reset_context(state)
-        coder = _BlockCoder(model, model.patchify(block.to(model.encoder.in_proj.weight.device)), state, scorer)
+        coder = BlockCoder(model, model.patchify(block.to(model.encoder.in_proj.weight.device)), state, scorer)
         curves.append({n: coder.evaluate(n, lambda v: False) for n in candidates})
         model.commit(state, coder.step(context_count), context_blocks)
     return curves

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adaptive import BlockScorer, Target, _BlockCoder
+from .adaptive import BlockScorer, Target, BlockCoder
 from .metrics import mse_to_psnr
 from .model import ElasticTok, KVCache, StreamState
 from .search import SEARCHES, run_search
@@ -115,7 +115,7 @@ def code_blocks(
         if keyframe:
             reset_context(state)
         patches = model.patchify(block.to(model.encoder.in_proj.weight.device))
-        coder = _BlockCoder(model, patches, state, scorer)
+        coder = BlockCoder(model, patches, state, scorer)
         if counts is None:
             found = run_search(search, lambda m: target.margin(coder.evaluate(m, target.met)), lo, hi, start, slope)
             n, evals, start, slope = found.count, found.evaluations, found.count, found.slope
