@@ -28,7 +28,6 @@ def child(args) -> None:
     from elastictok.filecoding import Coding, Source, encode_file
     from elastictok.pretrained import load_default_model, load_pretrained
 
-    torch.set_num_threads(2)
     model = load_pretrained(args.model) if args.model else load_default_model()[0]
     base = Source.open(args.clip, model, resolution=args.resolution)
 

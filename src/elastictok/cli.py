@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 UNTRAINED_NOTE = (
-    "NOTE: no trained default model ships with this version; using a randomly initialised '{preset}' model. "
+    "NOTE: the embedded default model's weights are missing from this installation; using a randomly "
+    "initialised '{preset}' model. "
     "Its reconstructions are noise: pass --model DIR for real results."
 )
 

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 GRADIO_HINT = "the web demo needs Gradio: pip install 'elastictok[demo]'"
 
 UNTRAINED_BANNER = (
-    "**Untrained model.** No trained default model ships with this version, so this page runs a randomly "
+    "**Untrained model.** The embedded default model's weights are missing from this installation, so this page runs a randomly "
     "initialised `{preset}` model: its reconstructions are noise and every block needs all its tokens. "
     "Start the demo with `elastictok demo --model DIR` (a converted official checkpoint or your own "
     "trained model) for real results."

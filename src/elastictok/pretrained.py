@@ -89,7 +89,8 @@ def default_model_dir() -> Path:
 def load_default_model(device: str | torch.device = "cpu"):
     """The embedded default model and whether it is trained.
 
-    Until trained weights ship, this is a randomly initialised ``small`` model (seeded, so runs repeat).
+    If its weights are missing (a trimmed installation), this is a randomly initialised ``small`` model
+    (seeded, so runs repeat) and ``trained`` is False.
     """
     from .model import ElasticTok
 
