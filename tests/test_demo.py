@@ -158,7 +158,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model):
-    """``elastictok demo`` on a free 127.0.0.1 port with a tiny model; stopped after the module."""
+    """``elastictok demo`` on a free 127.0.0.1 port with the embedded default model (a tiny random one
+    when its weights are missing); stopped after the module."""
     _gradio()
     need_dir(DATA, "the real test media")
     base = tmp_path_factory.mktemp("demo")
@@ -169,8 +170,10 @@ def server(tmp_path_factory, model):
     port = _free_port()
     env = dict(os.environ, TMPDIR=str(tmp), GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost",
                no_proxy="127.0.0.1,localhost", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "elastictok.cli", "demo", "--model", str(model_dir), "--port", str(port),
-           "--device", "cpu", "--max-frames", str(SERVER_FRAMES), "--max-seconds", "8", "--max-upload-mb", "5"]
+    from elastictok.pretrained import WEIGHTS_NAME, default_model_dir
+
+    chosen = [] if (default_model_dir() / WEIGHTS_NAME).is_file() else ["--model", str(model_dir)]
+    cmd = [sys.executable, "-m", "elastictok.cli", "demo", *chosen, "--port", str(port), "--device", "cpu", "--max-frames", str(SERVER_FRAMES), "--max-seconds", "8", "--max-upload-mb", "5"]
     log = (base / "server.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=base)
     url = f"http://127.0.0.1:{port}/"
