@@ -22,9 +22,6 @@ CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "dev"
 
 
 def child(args) -> None:
-    import torch
-
-    from elastictok import io
     from elastictok.filecoding import Coding, Source, encode_file
     from elastictok.pretrained import load_default_model, load_pretrained
 
@@ -44,7 +41,6 @@ def child(args) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     print(json.dumps({"frames": stats["frames"], "blocks": len(stats["blocks"]), "peak_mib": peak,
                       "seconds": time.perf_counter() - start, "size": base.size}))
-    del io
 
 
 def main() -> None:

@@ -18,10 +18,8 @@ logits over the remaining time steps. Inputs are ``(B, 3, T, 224, 224)`` RGB in 
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import pickle
 import sys
 import tarfile
 import tempfile
