@@ -111,6 +111,18 @@ class ElasticTokConfig:
     def min_tokens(self, frame_size: tuple[int, int] | None = None) -> int:
         return max(1, math.ceil(self.min_token_fraction * self.tokens_per_block(frame_size) - 1e-9))
 
+    def token_bounds(
+        self, frame_size: tuple[int, int] | None = None, min_tokens: int | None = None, max_tokens: int | None = None
+    ) -> tuple[int, int, int]:
+        """(lo, hi, T): the counts a block may keep under optional caps (default: the model's minimum
+        and every token), checked to satisfy 1 <= lo <= hi <= T."""
+        T = self.tokens_per_block(frame_size)
+        lo = self.min_tokens(frame_size) if min_tokens is None else min_tokens
+        hi = T if max_tokens is None else max_tokens
+        if not 1 <= lo <= hi <= T:
+            raise ValueError(f"expected 1 <= min tokens ({lo}) <= max tokens ({hi}) <= {T} tokens per block")
+        return lo, hi, T
+
     # Serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

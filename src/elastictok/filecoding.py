@@ -86,11 +86,7 @@ class Coding:
 
     def check(self, model: ElasticTok, size: tuple[int, int]) -> None:
         """Refuse contradictory settings before anything is written."""
-        T = model.config.tokens_per_block(size)
-        lo = self.min_tokens if self.min_tokens is not None else model.config.min_tokens(size)
-        hi = self.max_tokens if self.max_tokens is not None else T
-        if not 1 <= lo <= hi <= T:
-            raise ValueError(f"expected 1 <= min tokens ({lo}) <= max tokens ({hi}) <= {T} tokens per block")
+        lo, _, T = model.config.token_bounds(size, self.min_tokens, self.max_tokens)
         if self.num_tokens is not None and not 1 <= self.num_tokens <= T:
             raise ValueError(f"expected --num-tokens in [1, {T}], got {self.num_tokens}")
         if self.budget is not None and not lo <= self.budget:
@@ -131,9 +127,7 @@ def plan_counts(model: ElasticTok, source: Source, coding: Coding) -> tuple[list
     if coding.budget is None:
         return coding.num_tokens, {}
     fpb = model.config.frames_per_block
-    T = model.config.tokens_per_block(source.size)
-    lo = coding.min_tokens or model.config.min_tokens(source.size)
-    hi = coding.max_tokens or T
+    lo, hi, _ = model.config.token_bounds(source.size, coding.min_tokens, coding.max_tokens)
     if not lo <= coding.budget:
         raise ValueError(f"a budget of {coding.budget} tokens per block is below the minimum of {lo}")
     budget = min(coding.budget, hi)

@@ -87,6 +87,14 @@ def patchify(video: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Ten
     return x.reshape(B, (T // tp) * (H // hp) * (W // wp), tp * hp * wp * C)
 
 
+def pad_to_blocks(video: torch.Tensor, frames_per_block: int) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, C, T', H, W) with T' a multiple of frames_per_block, repeating the last frame."""
+    missing = -video.shape[2] % frames_per_block
+    if missing:
+        video = torch.cat((video, video[:, :, -1:].expand(-1, -1, missing, -1, -1)), dim=2)
+    return video
+
+
 def _init_linear(module: nn.Module, std: float) -> None:
     for m in module.modules():
         if isinstance(m, nn.Linear):
@@ -225,11 +233,7 @@ class ElasticTok(nn.Module):
     # Public inference API --------------------------------------------------------------------------
     def pad_frames(self, video: torch.Tensor) -> torch.Tensor:
         """Repeat the last frame to fill the last block (an image becomes a static block, as officially)."""
-        fpb = self.config.frames_per_block
-        missing = -video.shape[2] % fpb
-        if missing:
-            video = torch.cat((video, video[:, :, -1:].expand(-1, -1, missing, -1, -1)), dim=2)
-        return video
+        return pad_to_blocks(video, self.config.frames_per_block)
 
     def codes_to_values(self, codes: torch.Tensor) -> torch.Tensor:
         return self.quantizer.codes_to_indices(codes) if isinstance(self.quantizer, FSQ) else codes

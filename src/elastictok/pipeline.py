@@ -16,7 +16,7 @@ from . import io
 from .adaptive import Target, encode_adaptive
 from .config import ElasticTokConfig
 from .metrics import block_mse, mse_to_psnr
-from .model import ElasticTok, patchify
+from .model import ElasticTok, pad_to_blocks, patchify
 from .tokens import Tokens
 
 
@@ -80,11 +80,9 @@ class Reconstruction:
     def block_stats(self, config: ElasticTokConfig) -> list[dict[str, Any]]:
         """Per block: tokens kept, the maximum, official block MSE on [-1, 1] pixels, and PSNR."""
         T = self.tokens.tokens_per_block
-        model_frames = self.tokens.num_blocks * config.frames_per_block
-        pad = model_frames - self.video.shape[2]
-        # Pad both sides the same way the encoder did, so each block is scored on what was coded.
-        video = torch.cat((self.video, self.video[:, :, -1:].expand(-1, -1, pad, -1, -1)), 2) if pad else self.video
-        recon = torch.cat((self.recon, self.recon[:, :, -1:].expand(-1, -1, pad, -1, -1)), 2) if pad else self.recon
+        # Pad both sides the way the encoder did, so each block is scored on what was coded.
+        video = pad_to_blocks(self.video, config.frames_per_block)
+        recon = pad_to_blocks(self.recon, config.frames_per_block)
         mse = block_mse(patchify(video, config.patch_size), patchify(recon, config.patch_size), T)[0]
         return [
             {"block": i, "tokens": int(self.tokens.counts[0, i]), "max_tokens": T, "mse": float(m), "psnr": float(mse_to_psnr(float(m)))}

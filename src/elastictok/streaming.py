@@ -103,11 +103,7 @@ def code_blocks(
         if state is None:
             frame_size = tuple(block.shape[-2:])
             state = model.new_state(frame_size)
-            T = model.config.tokens_per_block(frame_size)
-            lo = model.config.min_tokens(frame_size) if min_tokens is None else min_tokens
-            hi = T if max_tokens is None else max_tokens
-            if not 1 <= lo <= hi <= T:
-                raise ValueError(f"expected 1 <= min tokens ({lo}) <= max tokens ({hi}) <= {T} tokens per block")
+            lo, hi, T = model.config.token_bounds(frame_size, min_tokens, max_tokens)
             scorer = BlockScorer(model, target.metric if counts is None else "mse", frame_size)
             mse_scorer = scorer if scorer.metric == "mse" else BlockScorer(model, "mse", frame_size)
         keyframe = i == 0 or bool(keyframe_interval and i % keyframe_interval == 0)
