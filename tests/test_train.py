@@ -281,6 +281,56 @@ def test_resume_with_a_different_model_is_an_error(pack: Path, tmp_path: Path) -
         train(cfg_for(pack, out, steps=2, resume=str(tmp_path / "nope.pt")))
 
 
+def test_jpeg_pack_decodes_close_to_the_raw_pixels(tmp_path: Path) -> None:
+    images, clips = smooth_media(5, 1, seed=3)[:, 0], smooth_media(4, 8, seed=4)
+    raw = load_pack(write_pack(tmp_path / "raw.npz", images, clips, META))
+    path = write_pack(tmp_path / "jpeg.npz", images, clips, META, jpeg_quality=90)
+    jpeg = load_pack(path)
+    assert jpeg.meta["encoding"] == "jpeg" and jpeg.images.shape == raw.images.shape and jpeg.clips.shape == raw.clips.shape
+    for a, b in ((jpeg.images, images), (jpeg.clips, clips)):
+        mse = np.mean((a.astype(np.float64) - b) ** 2)
+        assert 0 < mse and 10 * np.log10(255**2 / mse) > 30  # lossy (4:2:0 chroma), but close
+    # A pack whose offsets disagree with its frames is refused, not half-read.
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["clips_offsets"] = arrays["clips_offsets"][:-1]
+    with open(tmp_path / "bad.npz", "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ValueError, match="JPEG offsets"):
+        load_pack(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        write_pack(tmp_path / "q.npz", images, clips, META, jpeg_quality=0)
+
+
+def test_jpeg_pack_dataset_respects_the_byte_budget(tmp_path: Path) -> None:
+    for i in range(8):
+        write_png(tmp_path / "images" / f"{i}.png", seed=i)
+    full = pack_dataset(tmp_path / "images", None, tmp_path / "all.npz", size=32, jpeg_quality=85)
+    budget = 64 * 1024 + full.bytes // 2  # the fixed overhead plus about half of the images
+    stats = pack_dataset(tmp_path / "images", None, tmp_path / "p.npz", size=32, max_bytes=budget, jpeg_quality=85)
+    assert 0 < stats.num_images < full.num_images == 8 and stats.bytes <= budget
+    assert load_pack(stats.path).images.shape == (stats.num_images, 32, 32, 3)
+
+
+def test_fit_steps_to_time_ends_the_schedule_inside_the_budget(pack: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    class Clock:  # every reading advances 10 ms: step times are steady, whatever this machine's load
+        now = 0.0
+
+        @classmethod
+        def monotonic(cls) -> float:
+            cls.now += 0.01
+            return cls.now
+
+    monkeypatch.setattr(T, "time", Clock)
+    cfg = cfg_for(pack, tmp_path / "run", steps=100_000, max_minutes=0.1, fit_steps_to_time=True)
+    summary = train(cfg)
+    assert summary["stopped"] == "completed" and 40 <= summary["step"] < 100_000
+    assert cfg.steps == summary["step"]
+    last_lr = metrics(tmp_path / "run")[-1]["lr"]
+    assert math.isclose(last_lr, cfg.lr * cfg.min_lr_ratio, rel_tol=0.02)  # the cosine reached its floor
+
+
 def test_time_budget_stops_cleanly_with_a_checkpoint(pack: Path, tmp_path: Path) -> None:
     summary = train(cfg_for(pack, tmp_path / "run", steps=50, max_minutes=1e-9))
     assert summary["stopped"] == "time_limit" and summary["step"] == 1

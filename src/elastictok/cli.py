@@ -196,7 +196,7 @@ def cmd_pack_data(args) -> int:
         args.images, args.videos, args.output, size=args.size, frames_per_block=args.frames_per_block,
         blocks_per_clip=args.blocks_per_clip, fps=args.fps, max_images=args.max_images,
         max_clips_per_video=args.max_clips_per_video, max_bytes=int(args.max_mb * 2**20) if args.max_mb else None,
-        image_share=args.image_share, seed=args.seed,
+        image_share=args.image_share, seed=args.seed, jpeg_quality=args.jpeg_quality,
     )
     sources = ", ".join(f"{k} {v}" for k, v in stats.clips_per_source.items()) or "none"
     print(
@@ -320,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-share", type=float, default=0.5, help="share of the size cap given to images")
     p.add_argument("--max-images", type=int)
     p.add_argument("--max-clips-per-video", type=int, default=16)
+    p.add_argument("--jpeg-quality", type=int, help="store JPEG files at this quality (1-95) instead of raw "
+                   "pixels: ~10x smaller, lossy")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_pack_data)
 
@@ -348,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation-checkpointing", action="store_true", default=None)
     p.add_argument("--parallel", choices=["none", "ddp", "fsdp"], help="under torchrun")
     p.add_argument("--max-minutes", type=float, help="stop cleanly with a checkpoint after this long")
+    p.add_argument("--fit-steps-to-time", action="store_true", default=None,
+                   help="with --max-minutes: time the first steps and end the lr schedule when time runs out")
+    p.add_argument("--lr-floor", dest="min_lr_ratio", type=float, help="final lr as a fraction of --lr (default 0.1)")
     p.add_argument("--stop-after", type=int, help="stop this invocation after this step, keeping the schedule")
     p.add_argument("--ckpt-every", type=int)
     p.add_argument("--keep-last", type=int)

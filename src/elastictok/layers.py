@@ -61,11 +61,13 @@ def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> torch.T
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved channel pairs (2i, 2i+1) of x (B, L, nh, hd) by angles given as cos/sin (L, hd/2).
 
-    Each pair is the complex number x[2i] + i x[2i+1], as in the official (Meta LLaMA style) code.
+    Each pair is the complex number x[2i] + i x[2i+1], as in the official (Meta LLaMA style) code,
+    multiplied by cos + i sin. Written in real arithmetic: torch.compile cannot generate code for
+    complex tensors and would fall back to eager around every attention layer.
     """
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, L, nh, hd/2) complex
-    rot = torch.complex(cos, sin)[:, None, :]  # (L, 1, hd/2)
-    return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)  # (B, L, nh, hd)
+    re, im = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # each (B, L, nh, hd/2)
+    c, s = cos[:, None, :], sin[:, None, :]  # (L, 1, hd/2)
+    return torch.stack((re * c - im * s, re * s + im * c), dim=-1).flatten(-2).to(x.dtype)  # (B, L, nh, hd)
 
 
 # Attention and MLP ------------------------------------------------------------------------------

@@ -117,6 +117,10 @@ class TrainConfig:
     val_threshold: float = 0.003
     seed: int = 0
     max_minutes: float | None = None  # stop cleanly (with a checkpoint) after this much wall-clock time
+    # With max_minutes: time the first steps, then shorten `steps` (the cosine schedule's length) to
+    # what fits, so a time-boxed run still decays its learning rate to the end.
+    fit_steps_to_time: bool = False
+    data_on_device: bool = True  # hold the pack on the training device (CUDA) and augment there
     stop_after: int | None = None  # end this invocation after this step (with a checkpoint); the schedule keeps `steps`
     progress: bool = True
 
@@ -139,6 +143,7 @@ class TrainConfig:
         need(len(self.betas) == 2, f"betas must be a pair, got {self.betas}")
         need(min(self.ckpt_every, self.keep_last, self.log_every) >= 1, "ckpt_every, keep_last, log_every must be >= 1")
         need(min(self.lpips_weight, self.kl_weight, self.grad_clip) >= 0, "loss weights and grad_clip must be >= 0")
+        need(not self.fit_steps_to_time or self.max_minutes, "fit_steps_to_time needs max_minutes")
 
     def model_config(self) -> ElasticTokConfig:
         return ElasticTokConfig.from_preset(self.preset, **self.model_overrides)
@@ -527,7 +532,8 @@ class _Run:
         if fpb != self.mcfg.frames_per_block:
             raise ValueError(f"the pack has {fpb} frames per block but the model expects {self.mcfg.frames_per_block}")
         kw = dict(frame_size=cfg.frame_size, image_ratio=cfg.image_ratio, crop_scale=cfg.crop_scale, flip=cfg.flip,
-                  val_per_kind=cfg.val_per_kind, seed=cfg.seed)
+                  val_per_kind=cfg.val_per_kind, seed=cfg.seed,
+                  device=self.device if cfg.data_on_device and self.device.type == "cuda" else None)
         self.data = PackedDataset(pack, "train", rank=self.info.rank, world_size=self.info.world_size, **kw)
         size = self.data.frame_size
         check_frame_size((size, size), self.mcfg)
@@ -560,7 +566,7 @@ class _Run:
     # One step -------------------------------------------------------------------------------
     def _load_batch(self, position: int) -> torch.Tensor:
         batch = self.data.batch_at(position, self.cfg.batch_size)  # (B, 3, T, H, W)
-        return batch.pin_memory() if self.device.type == "cuda" else batch
+        return batch.pin_memory() if self.device.type == "cuda" and batch.device.type == "cpu" else batch
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, list[int]]]:
         """Training batches, each prepared in a thread while the previous step runs.
@@ -682,6 +688,8 @@ class _Run:
                 self.step += 1
                 window.append(self._train_step(self.step, next(batches)))
                 bar.update(1)
+                if cfg.fit_steps_to_time:
+                    self._fit_steps(start_step, bar)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     last = self._log_window(window, time.monotonic() - t_window, bar)
                     window, t_window = [], time.monotonic()
@@ -702,6 +710,25 @@ class _Run:
         self._log("stopped at step %d (%s) after %.1f s", self.step, stopped, elapsed)
         return {**summary, **last, "step": self.step, "stopped": stopped, "elapsed_s": elapsed,
                 "samples_per_s": done * cfg.batch_size * info.world_size / max(elapsed, 1e-9)}
+
+    # Steps timed to fit the schedule to max_minutes: after the first ones (compilation, warm-up).
+    _FIT_SKIP, _FIT_TIMED = 10, 30
+
+    def _fit_steps(self, start_step: int, bar: Any) -> None:
+        done = self.step - start_step
+        # Each step ends in a host sync (the logged loss), so host clocks time whole steps.
+        if done == self._FIT_SKIP:
+            self._fit_t0 = time.monotonic()
+        elif done == self._FIT_SKIP + self._FIT_TIMED:
+            per_step = (time.monotonic() - self._fit_t0) / self._FIT_TIMED
+            # 3% of the budget is left for the final validation and checkpoint.
+            left = self.cfg.max_minutes * 60 * 0.97 - (time.monotonic() - self.t0)
+            per_step, left = D.all_mean([per_step, left], self.device)  # every rank must agree on the length
+            fitted = self.step + max(0, int(left / per_step))
+            if fitted < self.cfg.steps:
+                self.cfg.steps = fitted  # the scheduler's lambda reads it
+                bar.total = fitted
+            self._log("%.3f s per step: the schedule ends at step %d", per_step, self.cfg.steps)
 
     def _should_stop(self) -> str | None:
         cfg = self.cfg
