@@ -5,7 +5,7 @@ then runs a commit pass per block and a final whole-sequence pass. Ours (`binary
 winning candidate's KV cache and needs neither. Prints time, passes and how often the chosen counts
 agree. Usage:
 
-    python benchmarks/search.py [--model DIR] [--clip PATH] [--frames 32] [--threshold 0.003]
+    python benchmarks/search.py [--model DIR] [--clips PATH ...] [--frames 32] [--threshold 0.003] [--resolution PX]
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ def official_procedure(model, video, threshold: float) -> tuple[list[int], int]:
     return counts, passes + patches.shape[1] // T
 
 
-def bench_model(name: str, model, clips: list[str], frames: int, threshold: float, fps) -> None:
+def bench_model(name: str, model, clips: list[str], frames: int, threshold: float, fps, resolution) -> None:
     rows = {k: [0.0, 0, 0] for k in ["official", "binary", "fast"]}  # seconds, passes, blocks
     same = total = 0
     for clip in clips:
-        video, _ = load_input(clip, model.config, max_frames=frames, fps=fps)
+        video, _ = load_input(clip, model.config, resolution=resolution, max_frames=frames, fps=fps)
         # The official procedure re-runs the encoder for every candidate whatever the encoder.
         start = time.perf_counter()
         ref_counts, passes = official_procedure(model, video, threshold)
@@ -69,6 +69,10 @@ def bench_model(name: str, model, clips: list[str], frames: int, threshold: floa
             rows[search][2] += len(picks[search])
         same += sum(a == b for a, b in zip(picks["binary"], picks["fast"]))
         total += len(picks["fast"])
+        # How far the answer moves from block to block bounds what starting from the previous count saves.
+        steps = [abs(a - b) for a, b in zip(picks["binary"][1:], picks["binary"])]
+        print(f"  {Path(clip).name}: binary {picks['binary']}, fast {picks['fast']}; "
+              f"median |change| between blocks {sorted(steps)[len(steps) // 2] if steps else 0}")
     print(f"\n{name} ({model.config.encoder_conditioning} encoder), {len(clips)} clips, {total} blocks, MSE <= {threshold}")
     # Passes: candidate evaluations (one encoder + decoder pass over one block; with an unconditioned
     # encoder, ours encode once per block and a candidate costs a decoder pass only).
@@ -88,13 +92,14 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--threshold", type=float, default=0.003)
     parser.add_argument("--fps", type=float, default=None)
+    parser.add_argument("--resolution", type=int, help="shorter side in pixels (any-size models; default: the model's)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.frames} frames per clip")
     model = load_pretrained(args.model) if args.model else load_default_model()[0]
-    bench_model(args.model or "default model", model, args.clips, args.frames, args.threshold, args.fps)
+    bench_model(args.model or "default model", model, args.clips, args.frames, args.threshold, args.fps, args.resolution)
     if args.unconditioned_model:
         other = load_pretrained(args.unconditioned_model)
-        bench_model(args.unconditioned_model, other, args.clips, args.frames, args.threshold, args.fps)
+        bench_model(args.unconditioned_model, other, args.clips, args.frames, args.threshold, args.fps, args.resolution)
 
 
 if __name__ == "__main__":

@@ -237,6 +237,13 @@ def _upload(page, path: Path) -> None:
     expect(page.locator("#input-file a")).to_have_attribute("href", re.compile(re.escape("/" + path.name) + "$"))
 
 
+def _set_resolution(page, px: int) -> None:
+    """Code at ``px`` on the shorter side (the sizes below are for 64; the default model's own is larger)."""
+    box = page.locator("#resolution input[type=number]")
+    box.fill(str(px))
+    box.press("Enter")
+
+
 def _tokens_shown(page) -> tuple[int, int]:
     from playwright.sync_api import expect
 
@@ -268,6 +275,7 @@ def test_browser_image_shows_reconstruction_tokens_and_overlay(page):
     from playwright.sync_api import expect
 
     _upload(page, _image())
+    _set_resolution(page, 64)
     page.locator("#fixed input[type=checkbox]").check()
     page.locator("#fixed-percent input[type=number]").fill("40")  # 154 of each block's 384 tokens
     page.locator("#fixed-percent input[type=number]").press("Enter")
@@ -289,6 +297,7 @@ def test_browser_clip_shows_a_video_reconstruction(page):
     from playwright.sync_api import expect
 
     _upload(page, _clip())
+    _set_resolution(page, 64)
     page.click("#run-button")
     kept, total = _tokens_shown(page)
     assert 0 < kept <= total == 2 * 8 * 14 * 4  # two blocks of 4 frames of 8x14 patches (64x112)

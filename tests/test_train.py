@@ -357,6 +357,14 @@ def test_export_pretrained_loads_with_from_pretrained(pack: Path, tmp_path: Path
         assert torch.equal(v, saved[k]), k
 
 
+def test_any_size_model_records_its_training_frame_size(pack: Path, tmp_path: Path) -> None:
+    cfg = cfg_for(pack, tmp_path / "run", steps=2, preset="tiny-axial", frame_size=16, stop_after=1)
+    summary = train(cfg)
+    model = ElasticTok.from_pretrained(export_pretrained(summary["checkpoint"], tmp_path / "export"))
+    assert model.config.frame_size == (16, 16)  # the preset says 32: the pack's crops were resized to 16
+    assert train(cfg_for(pack, tmp_path / "run", steps=2, preset="tiny-axial", frame_size=16, resume="latest"))["step"] == 2
+
+
 def test_train_config_json_round_trip() -> None:
     cfg = TrainConfig(preset="tiny-vae", model_overrides={"frame_size": [32, 32]}, betas=[0.8, 0.9], max_minutes=5)
     again = TrainConfig.from_json(cfg.to_json())

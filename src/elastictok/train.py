@@ -497,11 +497,11 @@ class _Run:
         self.out = Path(cfg.out_dir)
         self.mcfg = cfg.model_config()
         self.lpips = self._build_lpips()  # first: missing weights fail before any heavy work
+        self._build_data()  # before the resume check: it sets an any-size model's frame size
         resume = _resolve_resume(cfg)
         self.ckpt = load_checkpoint(resume) if resume else None
         if self.ckpt is not None:
             _check_compatible(self.ckpt, self.mcfg)
-        self._build_data()
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = ElasticTok(self.mcfg)
         if cfg.init_from and self.ckpt is None:
@@ -536,6 +536,9 @@ class _Run:
                   device=self.device if cfg.data_on_device and self.device.type == "cuda" else None)
         self.data = PackedDataset(pack, "train", rank=self.info.rank, world_size=self.info.world_size, **kw)
         size = self.data.frame_size
+        if self.mcfg.rope == "axial":
+            # Any size runs; the config records the training size, which inference uses by default.
+            self.mcfg = dataclasses.replace(self.mcfg, frame_size=(size, size))
         check_frame_size((size, size), self.mcfg)
         self.frame_size = (size, size)
         self.val_video = PackedDataset(pack, "val", **kw).val_batch(cfg.val_batch) if self.info.is_main else None
