@@ -13,7 +13,8 @@ nothing meets the target they fall back to ``hi`` (every token), like the offici
 - ``fast``: starts from a guess (the previous block's count), uses the margins' values, not just
   their signs, to jump to the predicted crossing (secant steps, safeguarded by bisection), and stops
   once it holds a failing count right below a passing one. That is the same answer as ``binary``
-  whenever the margin is monotone, usually in 3-5 evaluations instead of 12.
+  whenever the margin is monotone, usually in 3-5 evaluations instead of 12. Without a guess
+  (a video's first block) it bisects like ``binary``.
 - ``official``: the official ``inference_binary`` decision rule, quirks included, for parity checks.
 """
 
@@ -118,6 +119,8 @@ def fast(
     first step jump straight to the predicted crossing.
     """
     _check_range(lo, hi)
+    if start is None or not lo <= start <= hi:
+        return binary(margin, lo, hi)  # nothing to start from: bisection is the best blind search
     probe = Probe(margin)
     bracket = _bracket(probe, lo, hi, start, slope)
     if not isinstance(bracket, tuple):
@@ -131,8 +134,10 @@ def fast(
         else:
             n = (f + p) // 2
         f, p = (f, n) if probe(n) else (n, p)
-        if secant and p - f > 1:
-            # A good secant lands next to the crossing: check the neighbour on the other side.
+        # A good secant lands next to the crossing: check the neighbour on the other side, but only
+        # while the narrowed bracket still points at n (real curves bend at frame and row boundaries
+        # of the token order, and a blind check there mostly wastes a pass).
+        if secant and p - f > 1 and abs(_crossing(f, probe.value(f), p, probe.value(p)) - n) <= 1.5:
             m = n - 1 if p == n else n + 1
             f, p = (f, m) if probe(m) else (m, p)
         # Secant steps that did not halve the bracket are followed by a bisection step.
@@ -175,7 +180,11 @@ def local_slope(results: dict[int, float], count: int) -> float | None:
     above = [n for n in results if n >= count]
     if not below or not above:
         return None
-    a, b = max(below), min(above)
+    # Adjacent counts give a noisy slope (single-token wiggles); prefer points at least 5% away.
+    far_below = [n for n in below if n <= count / 1.05]
+    far_above = [n for n in above if n >= count * 1.05]
+    a = max(far_below) if far_below else min(below)
+    b = min(far_above) if far_above else max(above)
     return (results[b] - results[a]) / (math.log(b) - math.log(a))
 
 
