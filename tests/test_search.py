@@ -46,6 +46,18 @@ def test_fast_is_cheap_near_its_start_and_bounded_far_away():
     assert found.count == 1500 and found.evaluations <= 4
 
 
+def test_fast_without_a_start_bisects_and_reads_the_slope_over_a_wide_baseline():
+    assert fast(threshold_at(700), 84, 1344) == binary(threshold_at(700), 84, 1344)
+    # Adjacent counts that wiggle must not set the next block's jump: 199 and 200 alone would give a
+    # slope of -4; the slope comes from counts at least 5% away (190 and 210) instead.
+    wiggly = {100: 0.20, 190: 0.02, 199: 0.01, 200: -0.01, 201: 0.0, 210: -0.05, 400: -0.7}
+    from elastictok.search import local_slope
+
+    slope = local_slope(wiggly, 200)
+    assert slope == pytest.approx((wiggly[210] - wiggly[190]) / np.log(210 / 190))
+    assert -2.5 < slope < -0.5
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_searches_on_noisy_curves_return_passing_counts_or_fall_back(seed):
     rng = np.random.default_rng(seed)
