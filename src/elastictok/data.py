@@ -113,8 +113,14 @@ class PackStats:
     clips_per_source: dict[str, int] = field(default_factory=dict)
 
 
-def _encode_jpegs(frames: Sequence[np.ndarray], quality: int) -> tuple[np.ndarray, np.ndarray]:
-    """JPEG-encode (S, S, 3) uint8 frames -> (all bytes concatenated (uint8), offsets (N + 1,) int64)."""
+def _check_jpeg_quality(quality: int | None) -> None:
+    if quality is not None and not 1 <= quality <= 95:
+        raise ValueError(f"jpeg_quality must be in [1, 95], got {quality}")
+
+
+def _jpeg_files(images: Sequence[np.ndarray], clips: Sequence[np.ndarray],
+                quality: int) -> tuple[list[bytes], list[list[bytes]]]:
+    """JPEG files of (S, S, 3) uint8 frames: one per image, and per clip one per frame."""
 
     def one(frame: np.ndarray) -> bytes:
         buf = io.BytesIO()
@@ -122,14 +128,20 @@ def _encode_jpegs(frames: Sequence[np.ndarray], quality: int) -> tuple[np.ndarra
         return buf.getvalue()
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        files = list(pool.map(one, frames))
+        files = list(pool.map(one, [*images, *(frame for clip in clips for frame in clip)]))
+    n, per_clip = len(images), len(clips[0]) if len(clips) else 0
+    return files[:n], [files[n + i * per_clip : n + (i + 1) * per_clip] for i in range(len(clips))]
+
+
+def _concat(files: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Files -> (all bytes concatenated (uint8), offsets (N + 1,) int64)."""
     offsets = np.zeros(len(files) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(f) for f in files])
     return np.frombuffer(b"".join(files), dtype=np.uint8), offsets
 
 
 def _decode_jpegs(data: np.ndarray, offsets: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
-    """The inverse of :func:`_encode_jpegs`, into a uint8 array of ``shape`` (N * frames of (S, S, 3))."""
+    """The inverse of :func:`_concat` of :func:`_jpeg_files`, into a uint8 array of ``shape`` (N * frames of (S, S, 3))."""
     out = np.empty(shape, dtype=np.uint8)
     flat = out.reshape(-1, *shape[-3:])  # (N * F, S, S, 3) view
     if len(offsets) != len(flat) + 1 or offsets[0] != 0 or offsets[-1] != len(data) or np.any(np.diff(offsets) <= 0):
@@ -156,23 +168,27 @@ def write_pack(path: str | Path, images: np.ndarray, clips: np.ndarray, meta: di
 
     ``jpeg_quality`` (1-95) stores the pixels as JPEG files (lossy, about 10x smaller) instead of raw arrays.
     """
-    path = Path(path)
+    _check_jpeg_quality(jpeg_quality)
+    files = _jpeg_files(images, clips, jpeg_quality) if jpeg_quality else None
+    return _write(Path(path), images, clips, meta, clip_source, jpeg_quality, files)
+
+
+def _write(path: Path, images: np.ndarray, clips: np.ndarray, meta: dict[str, Any], clip_source: np.ndarray | None,
+           jpeg_quality: int | None, files: tuple[list[bytes], list[list[bytes]]] | None) -> Path:
+    """:func:`write_pack` with the JPEG files (of exactly these images and clips) already encoded."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
     clips = np.ascontiguousarray(clips, dtype=np.uint8)
     _check_arrays(images, clips, meta, str(path))
     if clip_source is None:
         clip_source = np.zeros(len(clips), dtype=np.int32)
-    if jpeg_quality is not None and not 1 <= jpeg_quality <= 95:
-        raise ValueError(f"jpeg_quality must be in [1, 95], got {jpeg_quality}")
     meta = {**meta, "format": PACK_FORMAT, "version": PACK_VERSION,
-            "num_images": len(images), "num_clips": len(clips), "encoding": "jpeg" if jpeg_quality else "raw"}
+            "num_images": len(images), "num_clips": len(clips), "encoding": "jpeg" if files else "raw"}
     arrays: dict[str, np.ndarray] = {"clip_source": np.asarray(clip_source, dtype=np.int32)}
-    if jpeg_quality:
+    if files:
         meta["jpeg_quality"] = jpeg_quality
-        size = images.shape[-2] if images.size else clips.shape[-2]
-        arrays["images_jpeg"], arrays["images_offsets"] = _encode_jpegs(list(images), jpeg_quality)
-        arrays["clips_jpeg"], arrays["clips_offsets"] = _encode_jpegs(list(clips.reshape(-1, size, size, 3)),
-                                                                      jpeg_quality)
+        image_files, clip_files = files
+        arrays["images_jpeg"], arrays["images_offsets"] = _concat(image_files)
+        arrays["clips_jpeg"], arrays["clips_offsets"] = _concat([f for clip in clip_files for f in clip])
     else:
         arrays.update(images=images, clips=clips)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -328,10 +344,6 @@ def _budget(max_bytes: int | None, image_sizes: np.ndarray, clip_sizes: np.ndarr
     return images, clips
 
 
-def _jpeg_sizes(frames: Sequence[np.ndarray], quality: int) -> np.ndarray:
-    return np.diff(_encode_jpegs(frames, quality)[1])
-
-
 def _decode_images(files: list[Path], want: int, size: int, skipped: list[str]) -> np.ndarray:
     out: list[np.ndarray] = []
     for path in files:
@@ -375,8 +387,7 @@ def pack_dataset(
         raise ValueError("give an images folder, a videos folder, or both")
     if not 0 <= image_share <= 1:
         raise ValueError(f"image_share must be in [0, 1], got {image_share}")
-    if jpeg_quality is not None and not 1 <= jpeg_quality <= 95:
-        raise ValueError(f"jpeg_quality must be in [1, 95], got {jpeg_quality}")
+    _check_jpeg_quality(jpeg_quality)  # before the slow decoding
     clip_len = frames_per_block * blocks_per_clip
     skipped: list[str] = []
     image_files = _media_files(images_dir, IMAGE_EXTS, "image") if images_dir is not None else []
@@ -391,17 +402,20 @@ def pack_dataset(
     image_cap = len(image_files) if max_images is None else min(len(image_files), max_images)
     meta = {"size": size, "frames_per_block": frames_per_block, "blocks_per_clip": blocks_per_clip, "fps": fps,
             "seed": seed, "sources": sorted(by_source)}
+    files = None
     if jpeg_quality is None:
         n_images, n_clips = _budget(max_bytes, np.full(image_cap, size * size * 3),
                                     np.full(available_clips, clip_len * size * size * 3), image_share)
         chosen = _select_clips(by_source, n_clips)
         images = _decode_images(image_files, n_images, size, skipped)
-    else:  # encoded sizes vary: decode every candidate, measure, then cut to the budget
+    else:  # encoded sizes vary: decode and encode every candidate once, then cut to the budget
         chosen = _select_clips(by_source, None)
         images = _decode_images(image_files, image_cap, size, skipped)
-        clip_sizes = np.array([_jpeg_sizes(list(c), jpeg_quality).sum() for _, c in chosen], dtype=np.int64)
-        n_images, n_clips = _budget(max_bytes, _jpeg_sizes(list(images), jpeg_quality), clip_sizes, image_share)
+        image_files, clip_files = _jpeg_files(images, [c for _, c in chosen], jpeg_quality)
+        n_images, n_clips = _budget(max_bytes, np.array([len(f) for f in image_files], dtype=np.int64),
+                                    np.array([sum(map(len, c)) for c in clip_files], dtype=np.int64), image_share)
         images, chosen = images[:n_images], chosen[:n_clips]
+        files = (image_files[:n_images], clip_files[:n_clips])
     clips = np.stack([c for _, c in chosen]) if chosen else np.zeros((0, clip_len, size, size, 3), np.uint8)
     sources = meta["sources"]
     clip_source = np.array([sources.index(s) for s, _ in chosen], dtype=np.int32)
@@ -410,7 +424,7 @@ def pack_dataset(
         raise ValueError(f"no usable images or clips: {len(skipped)} unreadable files, {too_short} videos too short")
     meta.update(clips_per_source=per_source, num_skipped=len(skipped), too_short=too_short,
                 skipped=[p[-200:] for p in skipped[:_MAX_LISTED_SKIPS]])
-    path = write_pack(out_path, images, clips, meta, clip_source, jpeg_quality)
+    path = _write(Path(out_path), images, clips, meta, clip_source, jpeg_quality, files)
     nbytes = path.stat().st_size
     if max_bytes is not None and nbytes > max_bytes:
         path.unlink()
