@@ -145,13 +145,9 @@ def fast(
     return p, probe.evaluations
 
 
-def _bracket(probe: Probe, lo: int, hi: int, start: int | None, slope: float | None) -> tuple[int, int] | int | None:
-    """(failing, passing) counts around the crossing, or the answer itself when it is already known
-    (an int: ``lo`` passes; None: even ``hi`` fails)."""
-    if start is None or not lo <= start <= hi:
-        if not probe(hi):
-            return None
-        return lo if probe(lo) else (lo, hi)
+def _bracket(probe: Probe, lo: int, hi: int, start: int, slope: float | None) -> tuple[int, int] | int | None:
+    """(failing, passing) counts around the crossing, found by walking out from ``start`` in [lo, hi],
+    or the answer itself when it is already known (an int: ``lo`` passes; None: even ``hi`` fails)."""
     prev, n = None, start
     while True:
         passed = probe(n)
