@@ -1,11 +1,14 @@
-"""Adaptive-encode time: the official search procedure against ours, on one clip, side by side.
+"""Adaptive-encode time: the official search procedure against ours, on the same clips, side by side.
 
 The official procedure (elastic/inference.py) bisects with one encoder+decoder pass per candidate,
 then runs a commit pass per block and a final whole-sequence pass. Ours (`binary`, `fast`) keeps the
-winning candidate's KV cache and needs neither. Prints time, passes and how often the chosen counts
-agree. Usage:
+winning candidate's KV cache and needs neither, and with an unconditioned encoder encodes each block
+once. Prints time, sequential passes and how often the chosen counts agree. `--speculation D` adds
+`fast` scoring D bisection levels per batched pass (what it does by itself on a GPU, where a batch
+costs little more than one candidate; on a CPU it costs more). Usage:
 
-    python benchmarks/search.py [--model DIR] [--clips PATH ...] [--frames 32] [--threshold 0.003] [--resolution PX]
+    python benchmarks/search.py [--model DIR] [--unconditioned-model DIR] [--clips PATH ...] [--frames 32]
+        [--threshold 0.003] [--resolution PX] [--device cpu|cuda] [--speculation D]
 """
 
 from __future__ import annotations
@@ -36,52 +39,70 @@ def official_procedure(model, video, threshold: float) -> tuple[list[int], int]:
         block = patches[:, i * T : (i + 1) * T]
 
         def loss(kept: int) -> float:
-            step = model.code_block(block, torch.tensor([kept]), state)
+            step = model.code_block(block, torch.tensor([kept], device=video.device), state)
             return float(block_mse(step.recon, block, T)[0, 0])
 
         reported, tried = official_binary(loss, lo, T, threshold)
         kept = min(reported + 1, T)
-        model.commit(state, model.code_block(block, torch.tensor([kept]), state))  # the commit pass
+        model.commit(state, model.code_block(block, torch.tensor([kept], device=video.device), state))  # the commit pass
         passes += len(tried) + 1
         counts.append(kept)
-    model.decode(model.encode(video, torch.tensor([counts])))  # the final whole-sequence pass
+    model.decode(model.encode(video, torch.tensor([counts], device=video.device)))  # the final whole-sequence pass
     return counts, passes + patches.shape[1] // T
 
 
-def bench_model(name: str, model, clips: list[str], frames: int, threshold: float, fps, resolution) -> None:
-    rows = {k: [0.0, 0, 0] for k in ["official", "binary", "fast"]}  # seconds, passes, blocks
-    same = total = 0
+def bench_model(name: str, model, clips: list[str], frames: int, threshold: float, fps, resolution, speculation) -> None:
+    device = model.encoder.in_proj.weight.device
+    searches = {"binary": ("binary", 1), "fast": ("fast", 1)}
+    if speculation:
+        searches[f"fast-spec{speculation}"] = ("fast", speculation)
+    rows = {k: [0.0, 0, 0, 0] for k in ["official", *searches]}  # seconds, passes, candidates, blocks
+    same = {k: 0 for k in searches}
     for clip in clips:
         video, _ = load_input(clip, model.config, resolution=resolution, max_frames=frames, fps=fps)
+        video = video.to(device)
         # The official procedure re-runs the encoder for every candidate whatever the encoder.
+        sync(device)
         start = time.perf_counter()
         ref_counts, passes = official_procedure(model, video, threshold)
+        sync(device)
         rows["official"][0] += time.perf_counter() - start
         rows["official"][1] += passes
-        rows["official"][2] += len(ref_counts)
+        rows["official"][2] += passes
+        rows["official"][3] += len(ref_counts)
         picks = {}
-        for search in ["binary", "fast"]:
+        for label, (search, depth) in searches.items():
             start = time.perf_counter()
-            result = encode_adaptive(model, video, Target("mse", threshold), search=search)
-            rows[search][0] += time.perf_counter() - start
-            rows[search][1] += result.evaluations
-            picks[search] = result.tokens.counts[0].tolist()
-            rows[search][2] += len(picks[search])
-        same += sum(a == b for a, b in zip(picks["binary"], picks["fast"]))
-        total += len(picks["fast"])
+            result = encode_adaptive(model, video, Target("mse", threshold), search=search, speculation=depth)
+            sync(device)
+            rows[label][0] += time.perf_counter() - start
+            rows[label][1] += result.passes
+            rows[label][2] += result.evaluations
+            picks[label] = result.tokens.counts[0].tolist()
+            rows[label][3] += len(picks[label])
+        for label in searches:
+            same[label] += sum(a == b for a, b in zip(picks["binary"], picks[label]))
         # How far the answer moves from block to block bounds what starting from the previous count saves.
         steps = [abs(a - b) for a, b in zip(picks["binary"][1:], picks["binary"])]
-        print(f"  {Path(clip).name}: binary {picks['binary']}, fast {picks['fast']}; "
-              f"median |change| between blocks {sorted(steps)[len(steps) // 2] if steps else 0}")
-    print(f"\n{name} ({model.config.encoder_conditioning} encoder), {len(clips)} clips, {total} blocks, MSE <= {threshold}")
-    # Passes: candidate evaluations (one encoder + decoder pass over one block; with an unconditioned
-    # encoder, ours encode once per block and a candidate costs a decoder pass only).
-    print(f"{'search':<10}{'seconds':>9}{'passes/block':>14}{'s/block':>9}")
-    for search, (seconds, passes, blocks) in rows.items():
-        if blocks:
-            print(f"{search:<10}{seconds:>9.2f}{passes / blocks:>14.2f}{seconds / blocks:>9.3f}")
-    print(f"fast vs binary: {rows['binary'][0] / rows['fast'][0]:.2f}x faster, same count on {same}/{total} blocks "
-          f"({100 * same / total:.1f}%); fast vs the official procedure: {rows['official'][0] / rows['fast'][0]:.2f}x")
+        print(f"  {Path(clip).name}: " + ", ".join(f"{k} {v}" for k, v in picks.items())
+              + f"; median |change| between blocks {sorted(steps)[len(steps) // 2] if steps else 0}")
+    total = rows["binary"][3]
+    print(f"\n{name} ({model.config.encoder_conditioning} encoder), {len(clips)} clips, {total} blocks, MSE <= {threshold}, {device}")
+    # Passes: sequential model calls over one block (encoder + decoder; with an unconditioned encoder,
+    # ours encode once per block and a candidate costs a decoder pass). Candidates: counts scored.
+    print(f"{'search':<14}{'seconds':>9}{'passes/block':>14}{'candidates/block':>18}{'s/block':>9}{'same as binary':>16}")
+    for label, (seconds, passes, candidates, blocks) in rows.items():
+        agree = f"{same[label]}/{blocks}" if label in same else "-"
+        print(f"{label:<14}{seconds:>9.2f}{passes / blocks:>14.2f}{candidates / blocks:>18.2f}{seconds / blocks:>9.3f}{agree:>16}")
+    for label in searches:
+        if label != "binary":
+            print(f"{label} vs binary: {rows['binary'][0] / rows[label][0]:.2f}x faster, same count on {same[label]}/{total} "
+                  f"blocks ({100 * same[label] / total:.1f}%); vs the official procedure: {rows['official'][0] / rows[label][0]:.2f}x")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -93,13 +114,15 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.003)
     parser.add_argument("--fps", type=float, default=None)
     parser.add_argument("--resolution", type=int, help="shorter side in pixels (any-size models; default: the model's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--speculation", type=int, default=0, help="also run fast with this many levels per batched pass")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.frames} frames per clip")
-    model = load_pretrained(args.model) if args.model else load_default_model()[0]
-    bench_model(args.model or "default model", model, args.clips, args.frames, args.threshold, args.fps, args.resolution)
+    model = load_pretrained(args.model, device=args.device) if args.model else load_default_model(device=args.device)[0]
+    common = (args.clips, args.frames, args.threshold, args.fps, args.resolution, args.speculation)
+    bench_model(args.model or "default model", model, *common)
     if args.unconditioned_model:
-        other = load_pretrained(args.unconditioned_model)
-        bench_model(args.unconditioned_model, other, args.clips, args.frames, args.threshold, args.fps, args.resolution)
+        bench_model(args.unconditioned_model, load_pretrained(args.unconditioned_model, device=args.device), *common)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 
 from elastictok.adaptive import Target, encode_adaptive
 from elastictok.metrics import block_mse
-from elastictok.search import binary, fast, full, grid, grid_candidates, official_binary, run_search
+from elastictok.search import binary, fast, full, grid, grid_candidates, official_binary, run_search, speculative_binary
 
 from helpers import PARITY, need_dir, random_video, tiny
 
@@ -34,6 +35,24 @@ def test_searches_agree_on_monotone_targets(seed):
         assert grid(threshold_at(k), lo, hi)[0] == (g[0] if g else hi)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_fast_is_never_much_worse_than_bisection(seed):
+    # Monotone staircases with flat stretches and cliffs (what real curves look like near the crossing)
+    # defeat interpolation; ITP's radius still bounds fast by the start probe, bisection and one step.
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        lo, hi = int(rng.integers(1, 200)), int(rng.integers(300, 4096))
+        drops = np.sort(rng.choice(np.arange(lo, hi + 1), size=int(rng.integers(1, 12)), replace=False))
+        heights = rng.exponential(1.0, drops.size) * rng.choice([1e-3, 1.0], drops.size)
+        level = float(rng.uniform(-0.5, 0.5) * heights.sum())
+        margin = lambda n: level + heights[drops > n].sum() - heights.sum() / 2  # noqa: E731
+        start = int(rng.integers(lo, hi + 1)) if rng.random() < 0.8 else None
+        slope = float(-rng.uniform(0.1, 5)) if rng.random() < 0.5 else None
+        count, evals = fast(margin, lo, hi, start, slope)
+        assert count == binary(margin, lo, hi)[0]
+        assert evals <= 1 + math.ceil(math.log2(hi - lo + 2)) + 1 + 1
+
+
 def test_fast_is_cheap_near_its_start_and_bounded_far_away():
     _, near = fast(threshold_at(1000), 256, 4096, start=1003)
     _, far = fast(threshold_at(300), 256, 4096, start=4000)
@@ -46,8 +65,10 @@ def test_fast_is_cheap_near_its_start_and_bounded_far_away():
     assert found.count == 1500 and found.evaluations <= 4
 
 
-def test_fast_without_a_start_bisects_and_reads_the_slope_over_a_wide_baseline():
-    assert fast(threshold_at(700), 84, 1344) == binary(threshold_at(700), 84, 1344)
+def test_fast_without_a_start_starts_in_the_middle_and_reads_the_slope_over_a_wide_baseline():
+    count, evals = fast(threshold_at(700), 84, 1344)
+    assert count == binary(threshold_at(700), 84, 1344)[0] == 700
+    assert evals < binary(threshold_at(700), 84, 1344)[1]
     # Adjacent counts that wiggle must not set the next block's jump: 199 and 200 alone would give a
     # slope of -4; the slope comes from counts at least 5% away (190 and 210) instead.
     wiggly = {100: 0.20, 190: 0.02, 199: 0.01, 200: -0.01, 201: 0.0, 210: -0.05, 400: -0.7}
@@ -211,3 +232,34 @@ def test_binary_matches_the_official_search_results(tmp_path, kind):
     fixed = encode_adaptive(model, video, target, search="binary")
     lower = fixed.tokens.counts < torch.from_numpy(ref["kept_counts"])
     assert torch.all(fixed.tokens.counts[lower] == lo)  # only where the minimum itself passes
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 5])
+def test_speculative_binary_is_binary_on_any_curve(depth):
+    rng = np.random.default_rng(depth)
+    for _ in range(300):
+        lo, hi = int(rng.integers(1, 100)), int(rng.integers(100, 3000))
+        wiggle, k = rng.normal(0, 0.3, hi + 2), int(rng.integers(lo, hi + 3))
+        margin = lambda n: 1.3 * (np.log(k - 0.5) - np.log(n)) + wiggle[n]  # noqa: E731
+        batches = []
+        count, evals, calls = speculative_binary(lambda ns: batches.append(ns) or [margin(n) for n in ns], lo, hi, depth)
+        b_count, b_evals = binary(margin, lo, hi)
+        assert count == b_count
+        assert calls == len(batches) == math.ceil(b_evals / depth)
+        assert all(len(ns) <= 2**depth - 1 for ns in batches) and evals >= b_evals
+
+
+def test_speculation_through_the_model_matches_binary_in_fewer_passes():
+    for conditioning in ["mask", "none"]:
+        m = tiny("tiny-fsq", encoder_conditioning=conditioning)
+        video = random_video(batch=1, frames=8, seed=3) * 0.3
+        target = Target("mse", 0.05)
+        ref = encode_adaptive(m, video, target, search="binary")
+        spec = encode_adaptive(m, video, target, search="fast", speculation=3)
+        assert torch.equal(spec.tokens.counts, ref.tokens.counts), conditioning
+        assert spec.passes < ref.passes <= spec.evaluations
+        torch.testing.assert_close(spec.recon, m.decode(spec.tokens), rtol=0, atol=1e-5)
+        # On a CPU the depth is 1 without timing anything: batches cost as much as their candidates.
+        assert encode_adaptive(m, video, target).passes == encode_adaptive(m, video, target).evaluations
+    with pytest.raises(ValueError, match="speculation depth"):
+        encode_adaptive(m, video, target, speculation=0)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adaptive import BlockScorer, Target, BlockCoder
+from .adaptive import BlockCoder, BlockScorer, Target, speculation_depth
 from .metrics import mse_to_psnr
 from .model import ElasticTok, KVCache, StreamState
 from .search import SEARCHES, run_search
@@ -36,8 +36,9 @@ class CodedBlock:
     recon: torch.Tensor  # (1, 3, frames_per_block, H, W) in [-1, 1]
     value: float  # the target metric (MSE when coding at fixed counts)
     mse: float
-    evaluations: int
+    evaluations: int  # candidates scored
     keyframe: bool
+    passes: int  # sequential (batched) passes; fewer than the evaluations when candidates were batched
 
     @property
     def psnr(self) -> float:
@@ -84,16 +85,22 @@ def code_blocks(
     context_blocks: int | None = None,
     keyframe_interval: int | None = None,
     cut_threshold: float | None = None,
+    speculation: int | None = None,
 ) -> Iterator[CodedBlock]:
     """Code (1, 3, frames_per_block, H, W) blocks in order; yields each block as soon as it is coded.
 
     ``counts``: None searches each block for the fewest tokens meeting ``target``; an int keeps that
     many in every block; an iterable gives one count per block (a rate-control allocation).
+    ``speculation``: with ``search="fast"``, how many bisection levels to score per batched pass
+    (:func:`~elastictok.search.speculative_binary`; 1: none). None measures it on the first block
+    where batches are cheap (CUDA) and uses 1 elsewhere.
     """
     if search not in SEARCHES:
         raise ValueError(f"unknown search {search!r}; expected one of {SEARCHES}")
     if context_blocks is not None and context_blocks < 1:
         raise ValueError(f"expected context_blocks >= 1, got {context_blocks}")
+    if speculation is not None and not 1 <= speculation <= 8:
+        raise ValueError(f"expected a speculation depth in [1, 8], got {speculation}")
     target = target or Target()
     per_block = None if counts is None or isinstance(counts, int) else iter(counts)
     state, scorer, mse_scorer = None, None, None
@@ -113,8 +120,13 @@ def code_blocks(
         patches = model.patchify(block.to(model.encoder.in_proj.weight.device))
         coder = BlockCoder(model, patches, state, scorer)
         if counts is None:
-            found = run_search(search, lambda m: target.margin(coder.evaluate(m, target.met)), lo, hi, start, slope)
-            n, evals, start, slope = found.count, found.evaluations, found.count, found.slope
+            if speculation is None:
+                speculation = speculation_depth(coder, lo, hi) if search == "fast" else 1
+            found = run_search(
+                search, lambda m: target.margin(coder.evaluate(m, target.met)), lo, hi, start, slope,
+                margins=lambda ns: [target.margin(v) for v in coder.evaluate_many(ns, target.met)], depth=speculation,
+            )
+            n, evals, passes, start, slope = found.count, found.evaluations, found.passes, found.count, found.slope
         else:
             n = counts if isinstance(counts, int) else next(per_block, None)
             if n is None:
@@ -122,7 +134,7 @@ def code_blocks(
             if not 1 <= n <= T:
                 raise ValueError(f"expected token counts in [1, {T}], got {n} for block {i}")
             coder.evaluate(n, lambda v: True)
-            evals = 1
+            evals = passes = 1
         step = coder.final(n)
         model.commit(state, step, context_blocks)
         value = coder.values.get(n)
@@ -131,7 +143,7 @@ def code_blocks(
         mse = value if scorer is mse_scorer else mse_scorer(step.recon, patches)
         recon = model.unpatchify(step.recon.float(), model.config.frames_per_block, state.frame_size)
         previous = block
-        yield CodedBlock(i, n, step.codes, recon, value, mse, evals, keyframe)
+        yield CodedBlock(i, n, step.codes, recon, value, mse, evals, keyframe, passes)
 
 
 @torch.no_grad()
