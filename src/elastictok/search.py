@@ -162,14 +162,16 @@ def fast(
     slope: float | None = None,
     n0: int = 1,
     kappa: float = 0.1,
+    overshoot: float = 1.0,
 ) -> tuple[int, int]:
     """The smallest passing count by ITP root finding (interpolate, truncate, project) from ``start``.
 
     ``start`` is where to look first (the previous block's count; without one, the geometric middle
     of [lo, hi]); ``slope`` (d margin / d log count, e.g. :func:`local_slope` of the previous block)
-    extrapolates from it while only one side of the crossing is known. Inside the bracket each step
-    takes the secant crossing in log(count), nudged towards the midpoint (by ``kappa`` times the
-    bracket's width times its share of [lo, hi]) and pulled back to within a radius that halves every step, so that the search never needs more
+    extrapolates from it while only one side of the crossing is known (each move at least twice the
+    last, times ``overshoot``). Inside the bracket each step takes the secant crossing in log(count),
+    nudged towards the midpoint (by ``kappa`` times the bracket's width times its share of [lo, hi])
+    and pulled back to within a radius that halves every step, so that the search never needs more
     than ``n0`` steps beyond bisection of the bracket it found (Oliveira and Takahashi, 2021).
     """
     _check_range(lo, hi)
@@ -179,7 +181,7 @@ def fast(
     s = slope if slope is not None and slope < 0 else PRIOR_SLOPE
     # Invariant: every count <= a fails and b passes; lo - 1 and hi + 1 stand in until evaluated.
     a, b = lo - 1, hi + 1
-    n, step, budget = min(max(start, lo), hi), 0, None
+    n, step, budget, reach = min(max(start, lo), hi), 0, None, 0
     while True:
         if probe(n):
             b = n
@@ -195,10 +197,13 @@ def fast(
             # The nudge shrinks with the bracket squared (ITP's kappa2 = 2), so it fades once the
             # secant has closed in and does not push an accurate guess off the crossing.
             nudge = kappa * (b - a) ** 2 / (hi - lo + 2)
-        elif lo <= a:  # one side known: extrapolate along the slope
-            guess = a * math.exp(-probe.value(a) / s)
         else:
-            guess = b * math.exp(-probe.value(b) / s)
+            # One side known: extrapolate along the slope, but at least double the last move (near
+            # the crossing margins are close to zero and would otherwise creep a count at a time).
+            last = a if lo <= a else b
+            guess = last * math.exp(-probe.value(last) / s)
+            reach = max(overshoot * abs(guess - last), 2 * reach, 1)
+            guess = last + reach if last == a else last - reach
         n = _itp_point(a, b, guess, nudge, 0.5 * 2 ** (budget - step) - (b - a) / 2)
         n = min(max(n, lo), hi)
         step += 1
