@@ -14,7 +14,7 @@ nothing meets the target they fall back to ``hi`` (every token), like the offici
   their signs, to aim at the crossing (ITP: secant steps in log(count) whose worst case stays one
   step from bisection), and stops once it holds a failing count right below a passing one. That is
   the same answer as ``binary`` whenever the margin is monotone, in about half the evaluations on
-  real videos. Without a guess (a video's first block) it starts in the geometric middle of [lo, hi].
+  real videos. Without a guess (a video's first block) it bisects like ``binary``.
 - ``official``: the official ``inference_binary`` decision rule, quirks included, for parity checks.
 """
 
@@ -148,9 +148,8 @@ def _crossing(a: int, ma: float, b: int, mb: float) -> float:
     return math.exp(la + (lb - la) * ma / (ma - mb))
 
 
-# d margin / d log(count) assumed for a video's first block, before any slope has been measured.
-# Log-MSE falls by 0.7-1.3 per doubling-of-e of the count on the development clips; the search only
-# uses it to place its second probe, so a rough value costs a pass at most.
+# d margin / d log(count) assumed until a slope has been measured. Log-MSE falls by 0.7-1.3 per
+# e-fold of the count on the development clips; it only places the second probe.
 PRIOR_SLOPE = -1.0
 
 
@@ -166,8 +165,8 @@ def fast(
 ) -> tuple[int, int]:
     """The smallest passing count by ITP root finding (interpolate, truncate, project) from ``start``.
 
-    ``start`` is where to look first (the previous block's count; without one, the geometric middle
-    of [lo, hi]); ``slope`` (d margin / d log count, e.g. :func:`local_slope` of the previous block)
+    ``start`` is where to look first (the previous block's count; without one, this is ``binary``);
+    ``slope`` (d margin / d log count, e.g. :func:`local_slope` of the previous block)
     extrapolates from it while only one side of the crossing is known (each move at least twice the
     last, times ``overshoot``). Inside the bracket each step takes the secant crossing in log(count),
     nudged towards the midpoint (by ``kappa`` times the bracket's width times its share of [lo, hi])
@@ -175,9 +174,12 @@ def fast(
     than ``n0`` steps beyond bisection of the bracket it found (Oliveira and Takahashi, 2021).
     """
     _check_range(lo, hi)
-    probe = Probe(margin)
     if start is None:
-        start, slope = round(math.sqrt(lo * hi)), slope or PRIOR_SLOPE
+        # Nothing to start from (a video's first block): bisect, so that the first block gets
+        # binary's count even where the curve is not monotone; a different first count would give
+        # every later block a different context to be coded against.
+        return binary(margin, lo, hi)
+    probe = Probe(margin)
     s = slope if slope is not None and slope < 0 else PRIOR_SLOPE
     # Invariant: every count <= a fails and b passes; lo - 1 and hi + 1 stand in until evaluated.
     a, b = lo - 1, hi + 1
