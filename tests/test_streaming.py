@@ -139,3 +139,30 @@ def test_killed_encode_leaves_no_partial_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         encode_file(m, source, out, Coding(num_tokens=10), on_block=interrupt)
     assert not out.exists() and not list(tmp_path.glob(".k.etok*"))
+
+
+def test_files_default_to_the_trained_context_window_and_decode_with_it(tmp_path):
+    # A model trained on 2-block sequences attends to one earlier block unless told otherwise; the
+    # file records the window, so decoding reproduces the encoder's reconstruction.
+    m = tiny("tiny-axial", max_context_blocks=2)
+    video = smooth_clip(20, seed=2)  # 5 blocks
+    src = tmp_path / "long.mp4"
+    from elastictok import io
+
+    io.save_video(video[0], src, 8.0, crf=0)
+    coded = []
+    stats = encode_file(m, Source.open(src, m, resolution=32), tmp_path / "w.etok", Coding(num_tokens=30, cut_threshold=None),
+                        on_block=coded.append)
+    assert stats["settings"]["context_blocks"] == 1
+    with open_token_file(tmp_path / "w.etok") as f:
+        frames = list(decode_frames(m, f))
+    expected = [cb.recon[0, :, t] for cb in coded for t in range(cb.recon.shape[2])]
+    assert len(frames) == 20
+    for x, y in zip(frames, expected):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+    # The window matters past block 2: all earlier blocks give other reconstructions there.
+    everything = list(code_blocks(m, as_blocks(video, 4), counts=30,
+                                  cut_threshold=None))
+    windowed = list(code_blocks(m, as_blocks(video, 4), counts=30, context_blocks=1, cut_threshold=None))
+    assert torch.equal(everything[1].recon, windowed[1].recon)
+    assert not torch.equal(everything[4].recon, windowed[4].recon)

@@ -122,7 +122,7 @@ def _add_coding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-tokens", type=int, help="fewest tokens a block may get (default: the model's minimum)")
     p.add_argument("--max-tokens", type=int, help="most tokens a block may get (default: all)")
     p.add_argument("--budget", type=float, help="average tokens per block over the whole video (rate control)")
-    p.add_argument("--context-blocks", type=int, help="earlier blocks each block attends to (default: all)")
+    p.add_argument("--context-blocks", type=int, help="earlier blocks each block attends to (default: as many as the model was trained with)")
     p.add_argument("--keyframe-interval", type=int, help="reset the context every N blocks (random access)")
     p.add_argument("--cut-threshold", type=float, help="mean pixel change that marks a scene cut (default 0.3)")
     p.add_argument("--no-scene-cuts", action="store_true", help="never reset the context at detected cuts")

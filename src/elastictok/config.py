@@ -42,7 +42,9 @@ class ElasticTokConfig:
     # "mask": the official encoder, told which tokens will be kept. "none": the paper's
     # unconditioned ablation, which encodes once for every token count.
     encoder_conditioning: str = "mask"
-    # Blocks of context the model was trained with (the official inference scripts use 4).
+    # Blocks a training sequence held, the current one included (the official inference scripts use
+    # 4). Attending to more earlier blocks than it saw in training degrades a model: the CLI's
+    # default context window is max_context_blocks - 1 earlier blocks.
     max_context_blocks: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -107,6 +109,11 @@ class ElasticTokConfig:
 
     def tokens_per_block(self, frame_size: tuple[int, int] | None = None) -> int:
         return math.prod(self.grid(frame_size))
+
+    @property
+    def default_context_blocks(self) -> int:
+        """Earlier blocks each block attends to by default in the CLI: as many as in training."""
+        return max(1, self.max_context_blocks - 1)
 
     def min_tokens(self, frame_size: tuple[int, int] | None = None) -> int:
         return max(1, math.ceil(self.min_token_fraction * self.tokens_per_block(frame_size) - 1e-9))

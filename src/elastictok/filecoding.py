@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,13 @@ class Coding:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"expected {name} >= 1, got {value}")
+
+    def for_model(self, model: ElasticTok) -> "Coding":
+        """These settings with the model's trained context window filled in when none was given; the
+        file records the number, so decoding uses the same window whatever the defaults become."""
+        if self.context_blocks is not None:
+            return self
+        return replace(self, context_blocks=model.config.default_context_blocks)
 
     def settings(self) -> dict[str, Any]:
         if self.budget is not None:
@@ -216,6 +223,7 @@ def encode_file(
 ) -> dict:
     """Code ``source`` block by block into ``out_path`` (.etok), appending each block as it is coded."""
     coding.check(model, source.size)
+    coding = coding.for_model(model)
     writer = BlockWriter(model, source, out_path, coding, on_block)
     for _ in writer:
         pass
@@ -231,6 +239,7 @@ def reconstruct_file(
     and compare.mp4 is made afterwards from the input and recon.mp4, frame by frame.
     """
     coding.check(model, source.size)
+    coding = coding.for_model(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     writer = BlockWriter(model, source, out / "tokens.etok", coding, on_block)

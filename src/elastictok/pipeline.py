@@ -119,7 +119,12 @@ def reconstruct(
     context_blocks: int | None = None,
     on_block=None,
 ) -> Reconstruction:
-    """Encode (adaptively to ``target``, or at ``num_tokens`` per block) and decode, block by block."""
+    """Encode (adaptively to ``target``, or at ``num_tokens`` per block) and decode, block by block.
+
+    ``context_blocks`` defaults to the model's trained window (``config.default_context_blocks``).
+    """
+    if context_blocks is None:
+        context_blocks = model.config.default_context_blocks
     start = time.perf_counter()
     result = encode_adaptive(
         model, video, target, search=search, min_tokens=min_tokens, max_tokens=max_tokens,

@@ -536,6 +536,8 @@ class _Run:
                   device=self.device if cfg.data_on_device and self.device.type == "cuda" else None)
         self.data = PackedDataset(pack, "train", rank=self.info.rank, world_size=self.info.world_size, **kw)
         size = self.data.frame_size
+        # Record the sequence length trained on: inference attends to no more earlier blocks.
+        self.mcfg = dataclasses.replace(self.mcfg, max_context_blocks=int(pack.meta["blocks_per_clip"]))
         if self.mcfg.rope == "axial":
             # Any size runs; the config records the training size, which inference uses by default.
             self.mcfg = dataclasses.replace(self.mcfg, frame_size=(size, size))
