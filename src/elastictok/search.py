@@ -167,8 +167,8 @@ def fast(
 
     ``start`` is where to look first (the previous block's count; without one, this is ``binary``);
     ``slope`` (d margin / d log count, e.g. :func:`local_slope` of the previous block)
-    extrapolates from it while only one side of the crossing is known (each move at least twice the
-    last, times ``overshoot``). Inside the bracket each step takes the secant crossing in log(count),
+    extrapolates from it while only one side of the crossing is known (moving ``overshoot`` times
+    the predicted distance, and at least twice the last move). Inside the bracket each step takes the secant crossing in log(count),
     nudged towards the midpoint (by ``kappa`` times the bracket's width times its share of [lo, hi])
     and pulled back to within a radius that halves every step, so that the search never needs more
     than ``n0`` steps beyond bisection of the bracket it found (Oliveira and Takahashi, 2021).
