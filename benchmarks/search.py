@@ -8,7 +8,7 @@ once. Prints time, sequential passes and how often the chosen counts agree. `--s
 costs little more than one candidate; on a CPU it costs more). Usage:
 
     python benchmarks/search.py [--model DIR] [--unconditioned-model DIR] [--clips PATH ...] [--frames 32]
-        [--threshold 0.003] [--resolution PX] [--device cpu|cuda] [--speculation D]
+        [--threshold 0.003] [--resolution PX] [--device cpu|cuda] [--speculation D] [--context-blocks W]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "dev" 
 
 
 @torch.no_grad()
-def official_procedure(model, video, threshold: float) -> tuple[list[int], int]:
+def official_procedure(model, video, threshold: float, context_blocks: int | None = None) -> tuple[list[int], int]:
     """Kept counts per block and the number of block passes, as the official code spends them."""
     T = model.config.tokens_per_block(tuple(video.shape[-2:]))
     lo = model.config.min_tokens(tuple(video.shape[-2:]))
@@ -44,7 +44,7 @@ def official_procedure(model, video, threshold: float) -> tuple[list[int], int]:
 
         reported, tried = official_binary(loss, lo, T, threshold)
         kept = min(reported + 1, T)
-        model.commit(state, model.code_block(block, torch.tensor([kept], device=video.device), state))  # the commit pass
+        model.commit(state, model.code_block(block, torch.tensor([kept], device=video.device), state), context_blocks)  # the commit pass
         passes += len(tried) + 1
         counts.append(kept)
     model.decode(model.encode(video, torch.tensor([counts], device=video.device)))  # the final whole-sequence pass
@@ -52,7 +52,7 @@ def official_procedure(model, video, threshold: float) -> tuple[list[int], int]:
 
 
 @torch.no_grad()
-def paired_agreement(model, video, threshold: float) -> tuple[int, int]:
+def paired_agreement(model, video, threshold: float, context_blocks: int | None = None) -> tuple[int, int]:
     """Blocks where `fast` picks `binary`'s count when both search the same block against the same
     context (binary's earlier choices). In two separate runs one different count changes every later
     block's context, so their curves, and the end-to-end agreement counts that too."""
@@ -74,11 +74,11 @@ def paired_agreement(model, video, threshold: float) -> tuple[int, int]:
         found = run_search("fast", margin, lo, hi, start, slope)
         start, slope = found.count, found.slope
         same += found.count == reference.count
-        model.commit(state, coder.final(reference.count))
+        model.commit(state, coder.final(reference.count), context_blocks)
     return same, patches.shape[1] // T
 
 
-def bench_model(name: str, model, clips: list[str], frames: int, threshold: float, fps, resolution, speculation) -> None:
+def bench_model(name: str, model, clips: list[str], frames: int, threshold: float, fps, resolution, speculation, context_blocks) -> None:
     device = model.encoder.in_proj.weight.device
     searches = {"binary": ("binary", 1), "fast": ("fast", 1)}
     if speculation:
@@ -92,7 +92,7 @@ def bench_model(name: str, model, clips: list[str], frames: int, threshold: floa
         # The official procedure re-runs the encoder for every candidate whatever the encoder.
         sync(device)
         start = time.perf_counter()
-        ref_counts, passes = official_procedure(model, video, threshold)
+        ref_counts, passes = official_procedure(model, video, threshold, context_blocks)
         sync(device)
         rows["official"][0] += time.perf_counter() - start
         rows["official"][1] += passes
@@ -101,7 +101,8 @@ def bench_model(name: str, model, clips: list[str], frames: int, threshold: floa
         picks = {}
         for label, (search, depth) in searches.items():
             start = time.perf_counter()
-            result = encode_adaptive(model, video, Target("mse", threshold), search=search, speculation=depth)
+            result = encode_adaptive(model, video, Target("mse", threshold), search=search, speculation=depth,
+                                     context_blocks=context_blocks)
             sync(device)
             rows[label][0] += time.perf_counter() - start
             rows[label][1] += result.passes
@@ -110,13 +111,14 @@ def bench_model(name: str, model, clips: list[str], frames: int, threshold: floa
             rows[label][3] += len(picks[label])
         for label in searches:
             same[label] += sum(a == b for a, b in zip(picks["binary"], picks[label]))
-        paired = [x + y for x, y in zip(paired, paired_agreement(model, video, threshold))]
+        paired = [x + y for x, y in zip(paired, paired_agreement(model, video, threshold, context_blocks))]
         # How far the answer moves from block to block bounds what starting from the previous count saves.
         steps = [abs(a - b) for a, b in zip(picks["binary"][1:], picks["binary"])]
         print(f"  {Path(clip).name}: " + ", ".join(f"{k} {v}" for k, v in picks.items())
               + f"; median |change| between blocks {sorted(steps)[len(steps) // 2] if steps else 0}")
     total = rows["binary"][3]
-    print(f"\n{name} ({model.config.encoder_conditioning} encoder), {len(clips)} clips, {total} blocks, MSE <= {threshold}, {device}")
+    window = "every earlier block" if context_blocks is None else f"{context_blocks} earlier block(s)"
+    print(f"\n{name} ({model.config.encoder_conditioning} encoder), {len(clips)} clips, {total} blocks, MSE <= {threshold}, {device}, {window}")
     # Passes: sequential model calls over one block (encoder + decoder; with an unconditioned encoder,
     # ours encode once per block and a candidate costs a decoder pass). Candidates: counts scored.
     print(f"{'search':<14}{'seconds':>9}{'passes/block':>14}{'candidates/block':>18}{'s/block':>9}{'same as binary':>16}")
@@ -147,10 +149,11 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, help="shorter side in pixels (any-size models; default: the model's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--speculation", type=int, default=0, help="also run fast with this many levels per batched pass")
+    parser.add_argument("--context-blocks", type=int, help="earlier blocks each block attends to (default: all, the library's default)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.frames} frames per clip")
     model = load_pretrained(args.model, device=args.device) if args.model else load_default_model(device=args.device)[0]
-    common = (args.clips, args.frames, args.threshold, args.fps, args.resolution, args.speculation)
+    common = (args.clips, args.frames, args.threshold, args.fps, args.resolution, args.speculation, args.context_blocks)
     bench_model(args.model or "default model", model, *common)
     if args.unconditioned_model:
         bench_model(args.unconditioned_model, load_pretrained(args.unconditioned_model, device=args.device), *common)
