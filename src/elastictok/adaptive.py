@@ -150,7 +150,10 @@ class BlockCoder:
             codes, _, _ = self.model.quantize(z_pre, keep)
             recon, dec_kv = self.model.decode_block(codes, state)
             enc_kv = [(kk.expand(k, -1, -1, -1), vv.expand(k, -1, -1, -1)) for kk, vv in self.enc_kv]
-        pick = lambda kv, i: [(a[i : i + 1], b[i : i + 1]) for a, b in kv]  # noqa: E731
+        if k == 1:
+            return [BlockStep(counts, z_pre, codes, recon, enc_kv, dec_kv)]
+        # Copies, so a kept candidate does not hold on to the whole batch's keys and values.
+        pick = lambda kv, i: [(a[i : i + 1].clone(), b[i : i + 1].clone()) for a, b in kv]  # noqa: E731
         return [
             BlockStep(counts[i : i + 1], z_pre[i : i + 1], codes[i : i + 1], recon[i : i + 1], pick(enc_kv, i), pick(dec_kv, i))
             for i in range(k)
