@@ -264,3 +264,19 @@ def test_speculation_through_the_model_matches_binary_in_fewer_passes():
         assert encode_adaptive(m, video, target).passes == encode_adaptive(m, video, target).evaluations
     with pytest.raises(ValueError, match="speculation depth"):
         encode_adaptive(m, video, target, speculation=0)
+
+
+def test_speculation_backs_off_when_copies_of_the_past_would_not_fit():
+    from elastictok.adaptive import affordable_depth, past_bytes
+
+    assert affordable_depth(4, past_bytes=0, free_bytes=0) == 4  # no past yet: nothing is copied
+    assert affordable_depth(4, past_bytes=1 << 20, free_bytes=56 << 20) == 4  # 14 copies of 1 MiB <= 14 MiB
+    assert affordable_depth(4, past_bytes=1 << 20, free_bytes=55 << 20) == 3
+    assert affordable_depth(4, past_bytes=1 << 30, free_bytes=1 << 30) == 1
+    m = tiny("tiny-fsq")
+    state = m.new_state((32, 32))
+    assert past_bytes(state) == 0
+    step = m.code_block(m.patchify(random_video(batch=1, frames=4)), torch.tensor([8]), state)
+    m.commit(state, step)
+    layers = m.config.num_encoder_layers + m.config.num_decoder_layers
+    assert past_bytes(state) == layers * 2 * step.enc_kv[0][0].numel() * 4

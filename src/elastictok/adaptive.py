@@ -198,8 +198,28 @@ def speculation_depth(coder: BlockCoder, lo: int, hi: int, max_depth: int = 4) -
         torch.cuda.synchronize(device)
         return time.perf_counter() - begin
 
-    per_level = {d: seconds(2**d - 1) / d for d in range(1, max_depth + 1)}
-    return min(per_level, key=per_level.get)
+    per_level = {}
+    for d in range(1, max_depth + 1):
+        try:
+            per_level[d] = seconds(2**d - 1) / d
+        except torch.cuda.OutOfMemoryError:
+            break
+    return min(per_level, key=per_level.get) if per_level else 1
+
+
+def affordable_depth(depth: int, past_bytes: int, free_bytes: int) -> int:
+    """The largest depth <= ``depth`` whose batch fits: each candidate beyond the first gets its own
+    copy of the past's keys and values (attention concatenates them), and those copies may take at
+    most a quarter of the free memory. Long contexts therefore fall back towards sequential search."""
+    while depth > 1 and (2**depth - 2) * past_bytes > free_bytes / 4:
+        depth -= 1
+    return depth
+
+
+def past_bytes(state: StreamState) -> int:
+    """Bytes of the keys and values of the committed blocks, encoder and decoder."""
+    layers = (state.enc.layers or []) + (state.dec.layers or [])
+    return sum(t.numel() * t.element_size() for kv in layers for t in kv)
 
 
 @torch.no_grad()
