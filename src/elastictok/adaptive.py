@@ -216,6 +216,14 @@ def affordable_depth(depth: int, past_bytes: int, free_bytes: int) -> int:
     return depth
 
 
+def depth_for_block(coder: BlockCoder, depth: int) -> int:
+    """``depth`` lowered for this block's context where batches are copied on a GPU."""
+    device = coder.patches.device
+    if depth == 1 or device.type != "cuda":
+        return depth
+    return affordable_depth(depth, past_bytes(coder.state), torch.cuda.mem_get_info(device)[0])
+
+
 def past_bytes(state: StreamState) -> int:
     """Bytes of the keys and values of the committed blocks, encoder and decoder."""
     layers = (state.enc.layers or []) + (state.dec.layers or [])

@@ -54,22 +54,27 @@ def _check_range(lo: int, hi: int) -> None:
         raise ValueError(f"expected 1 <= min tokens <= max tokens, got {lo} and {hi}")
 
 
-def _bisect(probe: Probe, lo: int, hi: int, best: int | None) -> int | None:
-    """Smallest passing count in [lo, hi] for a monotone probe; ``best`` is a known pass above hi."""
-    while lo <= hi:
+def _bisect(
+    probe: Callable[[int], bool], lo: int, hi: int, best: int | None, steps: int | None = None
+) -> tuple[int, int, int | None]:
+    """Bisect [lo, hi] for the smallest passing count (exact for a monotone probe), for at most
+    ``steps`` steps; ``best`` is a known pass above hi. Returns the remaining (lo, hi, best): the
+    search is over once lo > hi."""
+    while lo <= hi and steps != 0:
         mid = (lo + hi) // 2
         if probe(mid):
             best, hi = mid, mid - 1
         else:
             lo = mid + 1
-    return best
+        steps = None if steps is None else steps - 1
+    return lo, hi, best
 
 
 def binary(margin: Callable[[int], float], lo: int, hi: int) -> tuple[int, int]:
     """(count, evaluations)."""
     _check_range(lo, hi)
     probe = Probe(margin)
-    best = _bisect(probe, lo, hi, None)
+    _, _, best = _bisect(probe, lo, hi, None)
     return (hi if best is None else best), probe.evaluations
 
 
@@ -100,14 +105,7 @@ def speculative_binary(
         wanted = sorted(set(n for n in subtree(a, b, depth) if n not in results))
         results.update(zip(wanted, (float(m) for m in margins(wanted))))
         calls += 1
-        for _ in range(depth):  # the same steps as _bisect
-            if a > b:
-                break
-            mid = (a + b) // 2
-            if results[mid] <= 0:
-                best, b = mid, mid - 1
-            else:
-                a = mid + 1
+        a, b, best = _bisect(lambda n: results[n] <= 0, a, b, best, depth)
     return (hi if best is None else best), len(results), calls
 
 
@@ -161,15 +159,13 @@ def fast(
     slope: float | None = None,
     n0: int = 1,
     kappa: float = 0.1,
-    overshoot: float = 1.0,
 ) -> tuple[int, int]:
     """The smallest passing count by ITP root finding (interpolate, truncate, project) from ``start``.
 
     ``start`` is where to look first (the previous block's count; without one, this is ``binary``);
     ``slope`` (d margin / d log count, e.g. :func:`local_slope` of the previous block)
-    extrapolates from it while only one side of the crossing is known (moving ``overshoot`` times
-    the predicted distance, and at least twice the last move). Inside the bracket each step takes the secant crossing in log(count),
-    nudged towards the midpoint (by ``kappa`` times the bracket's width times its share of [lo, hi])
+    extrapolates from it while only one side of the crossing is known (at least doubling each move).
+    Inside the bracket each step takes the secant crossing in log(count), nudged towards the midpoint (by ``kappa`` times the bracket's width times its share of [lo, hi])
     and pulled back to within a radius that halves every step, so that the search never needs more
     than ``n0`` steps beyond bisection of the bracket it found (Oliveira and Takahashi, 2021).
     """
@@ -204,10 +200,10 @@ def fast(
             # the crossing margins are close to zero and would otherwise creep a count at a time).
             last = a if lo <= a else b
             guess = last * math.exp(-probe.value(last) / s)
-            reach = max(overshoot * abs(guess - last), 2 * reach, 1)
+            reach = max(abs(guess - last), 2 * reach, 1)
             guess = last + reach if last == a else last - reach
+        # In (a, b), hence in [lo, hi]: a >= lo - 1 and b <= hi + 1.
         n = _itp_point(a, b, guess, nudge, 0.5 * 2 ** (budget - step) - (b - a) / 2)
-        n = min(max(n, lo), hi)
         step += 1
 
 
@@ -286,7 +282,6 @@ def run_search(
     """Dispatch by name. ``start`` and ``slope`` are hints that only ``fast`` uses; so are ``margins``
     (a batched ``margin``) and ``depth``, which switch it to :func:`speculative_binary`."""
     probe = Probe(margin)  # shared memo, so the slope can be read off whatever the search evaluated
-    calls = None
     if name == "fast" and depth > 1 and margins is not None:
         count, evaluations, calls = speculative_binary(margins, lo, hi, depth)
         return SearchResult(count, evaluations, slope, calls)
@@ -300,4 +295,4 @@ def run_search(
         count, _ = full(probe.value, lo, hi)
     else:
         raise ValueError(f"unknown search {name!r}; expected one of {SEARCHES}")
-    return SearchResult(count, probe.evaluations, local_slope(probe.results, count) or slope, calls)
+    return SearchResult(count, probe.evaluations, local_slope(probe.results, count) or slope)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adaptive import BlockCoder, BlockScorer, Target, affordable_depth, past_bytes, speculation_depth
+from .adaptive import BlockCoder, BlockScorer, Target, depth_for_block, speculation_depth
 from .metrics import mse_to_psnr
 from .model import ElasticTok, KVCache, StreamState
 from .search import SEARCHES, run_search
@@ -122,12 +122,10 @@ def code_blocks(
         if counts is None:
             if speculation is None:
                 speculation = speculation_depth(coder, lo, hi) if search == "fast" else 1
-            depth = speculation
-            if depth > 1 and patches.device.type == "cuda":
-                depth = affordable_depth(depth, past_bytes(state), torch.cuda.mem_get_info(patches.device)[0])
             found = run_search(
                 search, lambda m: target.margin(coder.evaluate(m, target.met)), lo, hi, start, slope,
-                margins=lambda ns: [target.margin(v) for v in coder.evaluate_many(ns, target.met)], depth=depth,
+                margins=lambda ns: [target.margin(v) for v in coder.evaluate_many(ns, target.met)],
+                depth=depth_for_block(coder, speculation),
             )
             n, evals, passes, start, slope = found.count, found.evaluations, found.passes, found.count, found.slope
         else:
