@@ -23,7 +23,7 @@ from elastictok.adaptive import BlockCoder, BlockScorer, Target, encode_adaptive
 from elastictok.metrics import block_mse
 from elastictok.pipeline import load_input
 from elastictok.pretrained import load_default_model, load_pretrained
-from elastictok.search import official_binary, run_search
+from elastictok.search import Probe, official_binary, run_search
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "dev" / "sam2"
 
@@ -63,13 +63,8 @@ def paired_agreement(model, video, threshold: float, context_blocks: int | None 
     state, start, slope, same = model.new_state(frame_size), None, None, 0
     for i in range(patches.shape[1] // T):
         coder = BlockCoder(model, patches[:, i * T : (i + 1) * T], state, scorer)
-        memo = {}
-
-        def margin(n: int) -> float:
-            if n not in memo:
-                memo[n] = target.margin(coder.evaluate(n, target.met))
-            return memo[n]
-
+        # One memo for both searches: each count costs one pass whichever asks first.
+        margin = Probe(lambda n: target.margin(coder.evaluate(n, target.met))).value
         reference = run_search("binary", margin, lo, hi)
         found = run_search("fast", margin, lo, hi, start, slope)
         start, slope = found.count, found.slope
