@@ -47,7 +47,7 @@ def official_procedure(model, video, threshold: float, context_blocks: int | Non
         model.commit(state, model.code_block(block, torch.tensor([kept], device=video.device), state), context_blocks)  # the commit pass
         passes += len(tried) + 1
         counts.append(kept)
-    model.decode(model.encode(video, torch.tensor([counts], device=video.device)))  # the final whole-sequence pass
+    model.decode(model.encode(video, torch.tensor([counts], device=video.device), context_blocks))  # the final whole-sequence pass
     return counts, passes + patches.shape[1] // T
 
 
@@ -75,6 +75,7 @@ def paired_agreement(model, video, threshold: float, context_blocks: int | None 
 
 def bench_model(name: str, model, clips: list[str], frames: int, threshold: float, fps, resolution, speculation, context_blocks) -> None:
     device = model.encoder.in_proj.weight.device
+    context_blocks = model.config.context_window(context_blocks)  # the library's default, for every row
     searches = {"binary": ("binary", 1), "fast": ("fast", 1)}
     if speculation:
         searches[f"fast-spec{speculation}"] = ("fast", speculation)
@@ -112,7 +113,7 @@ def bench_model(name: str, model, clips: list[str], frames: int, threshold: floa
         print(f"  {Path(clip).name}: " + ", ".join(f"{k} {v}" for k, v in picks.items())
               + f"; median |change| between blocks {sorted(steps)[len(steps) // 2] if steps else 0}")
     total = rows["binary"][3]
-    window = "every earlier block" if context_blocks is None else f"{context_blocks} earlier block(s)"
+    window = f"at most {context_blocks} earlier block(s)"
     print(f"\n{name} ({model.config.encoder_conditioning} encoder), {len(clips)} clips, {total} blocks, MSE <= {threshold}, {device}, {window}")
     # Passes: sequential model calls over one block (encoder + decoder; with an unconditioned encoder,
     # ours encode once per block and a candidate costs a decoder pass). Candidates: counts scored.
@@ -144,7 +145,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, help="shorter side in pixels (any-size models; default: the model's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--speculation", type=int, default=0, help="also run fast with this many levels per batched pass")
-    parser.add_argument("--context-blocks", type=int, help="earlier blocks each block attends to (default: all, the library's default)")
+    parser.add_argument("--context-blocks", type=int, help="earlier blocks each block attends to (default: the model's trained window, the library's "
+                        "default; a number >= the clip's blocks gives every earlier block)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.frames} frames per clip")
     model = load_pretrained(args.model, device=args.device) if args.model else load_default_model(device=args.device)[0]

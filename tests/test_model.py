@@ -111,6 +111,42 @@ def test_incremental_path_equals_whole_sequence(preset):
     torch.testing.assert_close(inc, whole.recon, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("preset", ["tiny-fsq", "tiny-axial"])
+def test_windowed_whole_sequence_equals_sliding_kv_cache(preset):
+    m = tiny(preset)
+    T = m.config.tokens_per_block()
+    video = random_video(batch=1, frames=20)  # 5 blocks
+    counts = torch.tensor([[T, 3, 9, T // 2, 7]])
+    tokens = m.encode(video, counts, context_blocks=1)
+    assert tokens.context_blocks == 1
+    with torch.no_grad():
+        state, recons, codes = m.new_state(), [], []
+        patches = m.patchify(video)
+        for i in range(5):
+            step = m.code_block(patches[:, i * T : (i + 1) * T], counts[:, i], state)
+            m.commit(state, step, context_blocks=1)
+            recons.append(step.recon)
+            codes.append(step.codes)
+    torch.testing.assert_close(torch.cat(codes, 1), m.tokens_to_codes(tokens), rtol=0, atol=1e-5)
+    torch.testing.assert_close(m.decode(tokens), m.unpatchify(torch.cat(recons, 1), 20, (32, 32)), rtol=0, atol=1e-5)
+    # The window matters from the third block on, and only there.
+    wide = m.encode(video, counts, context_blocks=4)
+    assert torch.equal(wide.values[:, :2], tokens.values[:, :2])
+    assert not torch.equal(m.decode(wide)[:, :, 8:], m.decode(tokens)[:, :, 8:])
+
+
+def test_encode_defaults_to_the_trained_window():
+    m = tiny("tiny-fsq", max_context_blocks=2)
+    video = random_video(batch=1, frames=12)
+    tokens = m.encode(video, 5)
+    assert tokens.context_blocks == m.config.default_context_blocks == 1
+    assert torch.equal(tokens.values, m.encode(video, 5, context_blocks=1).values)
+    with pytest.raises(ValueError, match="context_blocks to be an int >= 1"):
+        m.encode(video, 5, context_blocks=0)
+    with pytest.raises(ValueError, match="context_blocks must be None or an int >= 1"):
+        Tokens(tokens.counts, tokens.values, tokens.kind, 12, (32, 32), context_blocks=0)
+
+
 def test_unconditioned_encoder_encodes_once():
     m = tiny("tiny-fsq", encoder_conditioning="none")
     assert not hasattr(m.encoder, "kept_embed")

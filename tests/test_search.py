@@ -178,6 +178,15 @@ def test_adaptive_encode_meets_target_and_matches_decode(preset, search):
     torch.testing.assert_close(result.recon, m.decode(result.tokens), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("window", [None, 3])
+def test_adaptive_encode_records_its_context_window(window):
+    m = tiny("tiny-fsq", max_context_blocks=2)  # trained on 2-block clips: 1 earlier block by default
+    video = random_video(batch=1, frames=16, seed=3) * 0.3  # 4 blocks
+    result = encode_adaptive(m, video, Target("mse", 0.05), context_blocks=window)
+    assert result.tokens.context_blocks == (window or 1)
+    torch.testing.assert_close(result.recon, m.decode(result.tokens), rtol=0, atol=1e-5)
+
+
 def test_searches_pick_the_same_counts_on_a_model():
     m = tiny("tiny-fsq")
     video = random_video(batch=1, frames=8, seed=1) * 0.3

@@ -111,11 +111,28 @@ def test_image_header_and_info(fsq, tmp_path):
         info = f.info()
         assert json.loads(json.dumps(info)) == info
         assert info["fps"] is None and info["num_frames"] == 1 and info["frames_per_block"] == 4
-        assert info["settings"] == {"search": "binary"} and info["counts"] == [5] and info["total_tokens"] == 5
+        # The tokens' context window is recorded next to the caller's settings.
+        assert info["settings"] == {"search": "binary", "context_blocks": 3}
+        assert info["counts"] == [5] and info["total_tokens"] == 5
         assert info["bits_per_index"] == 16 and info["codebook_size"] == 64000
         assert info["format_version"] == FORMAT_VERSION
         assert f.header["model_fingerprint"] == model_fingerprint(fsq)
     assert fsq.decode(read_tokens(path, fsq)).shape == (1, 3, 1, 32, 32)
+
+
+def test_context_window_travels_with_the_file(fsq, tmp_path):
+    video = random_video(1, 20)  # 5 blocks: a 1-block window changes blocks 2-4
+    tokens = fsq.encode(video, 9, context_blocks=1)
+    back = read_tokens(write_tokens(tmp_path / "w.etok", tokens, fsq), fsq)
+    assert back.context_blocks == 1
+    assert torch.equal(fsq.decode(back), fsq.decode(tokens))
+    with pytest.raises(ValueError, match="encoded with 1"):
+        write_tokens(tmp_path / "x.etok", tokens, fsq, settings={"context_blocks": 3})
+    assert not (tmp_path / "x.etok").exists()
+    with TokenFileWriter.for_model(tmp_path / "bad.etok", fsq, frame_size=(32, 32), settings={"context_blocks": "all"}) as w:
+        w.write_block(tokens.block(0, 0), 9)
+    with pytest.raises(TokenFileError, match="context window"):
+        read_tokens(tmp_path / "bad.etok")
 
 
 # Bit packing -------------------------------------------------------------------------------------

@@ -250,7 +250,8 @@ def encode_adaptive(
     With ``num_tokens`` (an int, or a (B, n_blocks) allocation) the counts are given; otherwise each
     block gets the fewest tokens in [min_tokens, max_tokens] (default: the model's minimum and every
     token) that meet ``target`` (default: the official MSE 0.003), falling back to max_tokens.
-    ``context_blocks`` bounds how many earlier blocks each block attends to (default: all); see
+    ``context_blocks`` bounds how many earlier blocks each block attends to (default: as many as the
+    model saw in training, ``config.default_context_blocks``; the tokens record it); see
     :mod:`elastictok.streaming` for keyframes and ``speculation`` (batched candidates on a GPU).
     ``on_block(i, n)`` is called after each block.
     """
@@ -258,6 +259,7 @@ def encode_adaptive(
     from .streaming import code_blocks
 
     check_video(video, model.config)
+    context_blocks = model.config.context_window(context_blocks)
     frame_size = tuple(video.shape[-2:])
     T = model.config.tokens_per_block(frame_size)
     num_frames = video.shape[2]
@@ -285,5 +287,5 @@ def encode_adaptive(
         choices.append([BlockChoice(cb.count, cb.value, cb.evaluations, cb.passes) for cb in coded])
     codes = torch.cat(all_codes)  # (B, L, D)
     values = model.codes_to_values(codes).unflatten(1, (n_blocks, T)).cpu()
-    tokens = Tokens(torch.stack(all_counts), values, model.config.bottleneck, num_frames, frame_size)
+    tokens = Tokens(torch.stack(all_counts), values, model.config.bottleneck, num_frames, frame_size, context_blocks)
     return AdaptiveResult(tokens, torch.cat(all_recon), choices)

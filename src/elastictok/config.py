@@ -115,6 +115,14 @@ class ElasticTokConfig:
         """Earlier blocks each block attends to by default in the CLI: as many as in training."""
         return max(1, self.max_context_blocks - 1)
 
+    def context_window(self, context_blocks: int | None) -> int:
+        """``context_blocks`` checked, or the trained window where it is None."""
+        if context_blocks is None:
+            return self.default_context_blocks
+        if isinstance(context_blocks, bool) or not isinstance(context_blocks, int) or context_blocks < 1:
+            raise ValueError(f"expected context_blocks to be an int >= 1 (earlier blocks in context), got {context_blocks!r}")
+        return context_blocks
+
     def min_tokens(self, frame_size: tuple[int, int] | None = None) -> int:
         return max(1, math.ceil(self.min_token_fraction * self.tokens_per_block(frame_size) - 1e-9))
 

@@ -99,9 +99,7 @@ class Coding:
     def for_model(self, model: ElasticTok) -> "Coding":
         """These settings with the model's trained context window filled in when none was given; the
         file records the number, so decoding uses the same window whatever the defaults become."""
-        if self.context_blocks is not None:
-            return self
-        return replace(self, context_blocks=model.config.default_context_blocks)
+        return replace(self, context_blocks=model.config.context_window(self.context_blocks))
 
     def settings(self) -> dict[str, Any]:
         if self.budget is not None:
@@ -274,12 +272,11 @@ def decode_frames(model: ElasticTok, f, start_block: int = 0) -> Iterator[torch.
     """(3, H, W) frames of an open token file, decoded block by block from block 0 or a keyframe."""
     f.check_model(model)
     size = tuple(f.header["frame_size"])
-    settings = f.header.get("settings") or {}
     if not 0 <= start_block < f.num_blocks:
         raise ValueError(f"start block {start_block} is outside the file's {f.num_blocks} blocks")
     T = model.config.tokens_per_block(size)
     codes = (_block_codes(model, f.read_block(i), T) for i in range(start_block, f.num_blocks))
-    blocks = decode_blocks(model, codes, size, f.keyframes, settings.get("context_blocks"), start_block)
+    blocks = decode_blocks(model, codes, size, f.keyframes, f.context_blocks, start_block)
     return frames_of(blocks, f.num_frames - start_block * model.config.frames_per_block)
 
 

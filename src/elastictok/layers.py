@@ -73,10 +73,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # Attention and MLP ------------------------------------------------------------------------------
 
 
-def block_causal_mask(num_tokens: int, tokens_per_block: int, device: torch.device) -> torch.Tensor:
-    """(L, L) boolean mask, True where a query may attend: full inside a block, causal across blocks."""
-    blk = torch.arange(num_tokens, device=device) // tokens_per_block
-    return blk[:, None] >= blk[None, :]
+def block_causal_mask(
+    num_tokens: int, tokens_per_block: int, device: torch.device, window: int | None = None, past_blocks: int = 0
+) -> torch.Tensor:
+    """(L, past + L) boolean mask, True where a query may attend: full inside a block, causal across
+    blocks, and with ``window`` at most that many earlier blocks (the ``past_blocks`` cached ones first)."""
+    query = torch.arange(num_tokens, device=device) // tokens_per_block + past_blocks
+    key = torch.arange(past_blocks * tokens_per_block + num_tokens, device=device) // tokens_per_block
+    behind = query[:, None] - key[None, :]
+    return (behind >= 0) if window is None else (behind >= 0) & (behind <= window)
 
 
 class Attention(nn.Module):

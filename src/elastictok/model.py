@@ -178,13 +178,14 @@ class ElasticTok(nn.Module):
         angles = rope_angles(pos, self.config.head_dim, self.config.rope_theta)
         return angles.cos(), angles.sin()
 
-    def _mask(self, num_tokens: int, tokens_per_block: int, past_len: int, device) -> torch.Tensor | None:
-        if num_tokens <= tokens_per_block:
+    def _mask(self, num_tokens: int, tokens_per_block: int, past_len: int, device, window: int | None = None):
+        """The attention mask, or None where every key may be attended to."""
+        past_blocks = past_len // tokens_per_block
+        if num_tokens <= tokens_per_block and (window is None or past_blocks <= window):
             return None  # one block sees itself and all of its past
-        mask = block_causal_mask(num_tokens, tokens_per_block, device)
-        if past_len:
-            mask = torch.cat((mask.new_ones(num_tokens, past_len), mask), dim=1)
-        return mask
+        if window is not None and past_blocks + num_tokens // tokens_per_block <= window + 1:
+            window = None  # no block is further back than the window: plain block-causal
+        return block_causal_mask(num_tokens, tokens_per_block, device, window, past_blocks)
 
     def keep_mask(self, counts: torch.Tensor, tokens_per_block: int) -> torch.Tensor:
         """(B, n_blocks) kept counts -> (B, L) boolean prefix mask per block."""
@@ -192,13 +193,15 @@ class ElasticTok(nn.Module):
         return (pos < counts[..., None]).flatten(1)  # (B, n_blocks * T)
 
     # Core passes over patch sequences (whole sequence, or blocks after a cached past) ------------
-    def encode_patches(self, patches, keep, frame_size, start_block=0, past: list[KV] | None = None):
-        """patches (B, L, P) and keep (B, L) -> (z_pre (B, L, Dz), new per-layer (k, v))."""
+    def encode_patches(self, patches, keep, frame_size, start_block=0, past: list[KV] | None = None, context_blocks=None):
+        """patches (B, L, P) and keep (B, L) -> (z_pre (B, L, Dz), new per-layer (k, v)).
+
+        ``context_blocks``: earlier blocks (cached or in ``patches``) each block attends to; None: all."""
         T = self.config.tokens_per_block(frame_size)
         n_blocks = patches.shape[1] // T
         cos, sin = self._rope(frame_size, n_blocks, start_block)
         past_len = past[0][0].shape[2] if past else 0
-        mask = self._mask(patches.shape[1], T, past_len, patches.device)
+        mask = self._mask(patches.shape[1], T, past_len, patches.device, context_blocks)
         return self.encoder(patches.to(self.encoder.in_proj.weight.dtype), keep, cos, sin, mask, past)
 
     def quantize(self, z_pre, keep, sample: bool = False, generator=None):
@@ -209,12 +212,12 @@ class ElasticTok(nn.Module):
             codes, mean, logvar = self.quantizer(z_pre, sample=sample, generator=generator)
         return codes * keep[..., None], mean, logvar
 
-    def decode_patches(self, codes, frame_size, start_block=0, past: list[KV] | None = None):
+    def decode_patches(self, codes, frame_size, start_block=0, past: list[KV] | None = None, context_blocks=None):
         """codes (B, L, D) -> (recon patches (B, L, P) in [-1, 1], new per-layer (k, v))."""
         T = self.config.tokens_per_block(frame_size)
         cos, sin = self._rope(frame_size, codes.shape[1] // T, start_block)
         past_len = past[0][0].shape[2] if past else 0
-        mask = self._mask(codes.shape[1], T, past_len, codes.device)
+        mask = self._mask(codes.shape[1], T, past_len, codes.device, context_blocks)
         return self.decoder(codes.to(self.decoder.post_quant.weight.dtype), cos, sin, mask, past)
 
     def forward(self, video: torch.Tensor, counts: torch.Tensor, sample: bool | None = None, generator=None):
@@ -242,23 +245,28 @@ class ElasticTok(nn.Module):
         return self.quantizer.indices_to_codes(values) if isinstance(self.quantizer, FSQ) else values.float()
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, num_tokens: int | torch.Tensor | None = None) -> Tokens:
+    def encode(
+        self, video: torch.Tensor, num_tokens: int | torch.Tensor | None = None, context_blocks: int | None = None
+    ) -> Tokens:
         """Encode a video (B, 3, T, H, W) in [-1, 1] at ``num_tokens`` kept tokens per block.
 
         ``num_tokens``: None (every token), an int for every block, or a (B, n_blocks) tensor. A video
         whose length is not a multiple of ``frames_per_block`` is padded by repeating its last frame.
+        ``context_blocks``: earlier blocks each block attends to; None: as many as the model saw in
+        training (``config.default_context_blocks``); pass the video's block count for all of them.
         """
         check_video(video, self.config)
+        window = self.config.context_window(context_blocks)
         num_frames, frame_size = video.shape[2], tuple(video.shape[-2:])
         video = self.pad_frames(video)
         T = self.config.tokens_per_block(frame_size)
         n_blocks = video.shape[2] // self.config.frames_per_block
         counts = check_counts(num_tokens, video.shape[0], n_blocks, T, video.device)
         keep = self.keep_mask(counts, T)
-        z_pre, _ = self.encode_patches(self.patchify(video), keep, frame_size)
+        z_pre, _ = self.encode_patches(self.patchify(video), keep, frame_size, context_blocks=window)
         codes, _, _ = self.quantize(z_pre, keep)
         values = self.codes_to_values(codes).unflatten(1, (n_blocks, T))  # (B, n_blocks, T[, D])
-        return Tokens(counts, values, self.config.bottleneck, num_frames, frame_size)
+        return Tokens(counts, values, self.config.bottleneck, num_frames, frame_size, window)
 
     def tokens_to_codes(self, tokens: Tokens) -> torch.Tensor:
         """Tokens -> masked codes (B, L, D) for the decoder."""
@@ -273,8 +281,8 @@ class ElasticTok(nn.Module):
 
     @torch.no_grad()
     def decode(self, tokens: Tokens) -> torch.Tensor:
-        """Tokens -> video (B, 3, num_frames, H, W) in [-1, 1]."""
-        recon, _ = self.decode_patches(self.tokens_to_codes(tokens), tokens.frame_size)
+        """Tokens -> video (B, 3, num_frames, H, W) in [-1, 1], with the context window they were encoded with."""
+        recon, _ = self.decode_patches(self.tokens_to_codes(tokens), tokens.frame_size, context_blocks=tokens.context_blocks)
         frames = tokens.num_blocks * self.config.frames_per_block
         return self.unpatchify(recon.float(), frames, tokens.frame_size)[:, :, : tokens.num_frames]
 

@@ -123,8 +123,6 @@ def reconstruct(
 
     ``context_blocks`` defaults to the model's trained window (``config.default_context_blocks``).
     """
-    if context_blocks is None:
-        context_blocks = model.config.default_context_blocks
     start = time.perf_counter()
     result = encode_adaptive(
         model, video, target, search=search, min_tokens=min_tokens, max_tokens=max_tokens,
@@ -137,7 +135,7 @@ def reconstruct(
         target = target or Target()
         settings = {"mode": "adaptive", "metric": target.metric, "threshold": target.threshold, "search": search,
                     "min_tokens": min_tokens, "max_tokens": max_tokens, "evaluations": result.evaluations}
-    settings["context_blocks"] = context_blocks
+    settings["context_blocks"] = result.tokens.context_blocks
     return Reconstruction(video, result.recon, result.tokens, fps, seconds, settings)
 
 

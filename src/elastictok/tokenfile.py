@@ -573,6 +573,14 @@ class TokenFile:
         for i in range(self.num_blocks):
             self.read_block(i)
 
+    @property
+    def context_blocks(self) -> int | None:
+        """Earlier blocks each block attended to when encoded (None: all); decoding must repeat it."""
+        window = self._header["settings"].get("context_blocks")
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise self._fail(f"records a context window of {window!r}; expected null or an int >= 1")
+        return window
+
     def to_tokens(self, start_block: int = 0, end_block: int | None = None) -> Tokens:
         """Blocks ``start_block:end_block`` as a batch-of-one :class:`Tokens`, padded with zeros.
 
@@ -592,7 +600,8 @@ class TokenFile:
             values[0, j, : len(block)] = block
         counts = torch.from_numpy(self._counts[start_block:end].copy()).reshape(1, n)
         frames = min(self._num_frames, end * fpb) - start_block * fpb
-        return Tokens(counts, values, h["kind"], frames, (h["frame_size"][0], h["frame_size"][1]))
+        size = (h["frame_size"][0], h["frame_size"][1])
+        return Tokens(counts, values, h["kind"], frames, size, self.context_blocks)
 
     def info(self) -> dict[str, Any]:
         """Header, per-block counts and keyframes, totals; JSON-serialisable."""
@@ -645,7 +654,10 @@ def write_tokens(
     settings: Mapping[str, Any] | None = None,
     keyframes: Iterable[int] = (),
 ) -> Path:
-    """Write a batch-of-one :class:`Tokens` encoded by ``model`` to ``path`` (atomically)."""
+    """Write a batch-of-one :class:`Tokens` encoded by ``model`` to ``path`` (atomically).
+
+    The tokens' context window goes into ``settings`` (as ``context_blocks``), so the file decodes
+    with the window it was encoded with."""
     if tokens.batch_size != 1:
         raise ValueError(f"a token file holds one video; got a batch of {tokens.batch_size} (use tokens.select(i))")
     if tokens.kind != model.config.bottleneck:
@@ -658,6 +670,13 @@ def write_tokens(
     keys = {int(k) for k in keyframes}
     if keys and not keys <= set(range(tokens.num_blocks)):
         raise ValueError(f"keyframes must be block indices in [0, {tokens.num_blocks}), got {sorted(keys)}")
+    settings = dict(settings or {})
+    if tokens.context_blocks is not None:
+        if settings.setdefault("context_blocks", tokens.context_blocks) != tokens.context_blocks:
+            raise ValueError(
+                f"settings say context_blocks={settings['context_blocks']} but the tokens were encoded with "
+                f"{tokens.context_blocks}; decoding would not reproduce them"
+            )
     counts = tokens.counts.cpu()
     with TokenFileWriter.for_model(
         path, model, frame_size=tokens.frame_size, fps=fps, settings=settings, num_frames=tokens.num_frames

@@ -24,6 +24,8 @@ class Tokens:
       ignored by the decoder.
     - ``num_frames``: the true frame count of the input (the last block may be padded by repeating
       the last frame); ``frame_size`` (H, W) of the input.
+    - ``context_blocks``: how many earlier blocks each block attended to when it was encoded (None:
+      all of them); decoding must use the same window to reproduce the encoder's reconstruction.
     """
 
     counts: torch.Tensor
@@ -31,6 +33,7 @@ class Tokens:
     kind: str
     num_frames: int
     frame_size: tuple[int, int]
+    context_blocks: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("fsq", "vae"):
@@ -41,6 +44,9 @@ class Tokens:
                 f"Tokens: expected counts (B, n_blocks) and {self.kind} values of rank {expected_rank} starting "
                 f"with the same (B, n_blocks); got counts {tuple(self.counts.shape)}, values {tuple(self.values.shape)}"
             )
+        window = self.context_blocks
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(f"Tokens.context_blocks must be None or an int >= 1, got {self.context_blocks!r}")
 
     @property
     def batch_size(self) -> int:
