@@ -289,3 +289,30 @@ def test_speculation_backs_off_when_copies_of_the_past_would_not_fit():
     m.commit(state, step)
     layers = m.config.num_encoder_layers + m.config.num_decoder_layers
     assert past_bytes(state) == layers * 2 * step.enc_kv[0][0].numel() * 4
+
+
+def test_speculation_depth_is_the_cheapest_per_level():
+    from elastictok.adaptive import best_depth
+
+    tried = []
+
+    def timed(cost):
+        def seconds(k):
+            tried.append(k)
+            return cost(k)
+
+        return seconds
+
+    assert best_depth(timed(lambda k: 1.0), 6) == 6  # batches free: as deep as allowed
+    assert best_depth(timed(lambda k: float(k)), 6) == 1  # cost grows with the batch: sequential
+    tried.clear()
+    # Nearly free up to 7 candidates, then linear: depth 3, and 31 candidates are never timed.
+    assert best_depth(timed(lambda k: 1.0 if k <= 7 else k / 2), 6) == 3
+    assert tried == [1, 3, 7, 15]
+
+    def out_of_memory_beyond_7(k):
+        if k > 7:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return 1.0
+
+    assert best_depth(out_of_memory_beyond_7, 6) == 3

@@ -180,7 +180,7 @@ class BlockCoder:
         return self.steps.get(n) or self.step(n)
 
 
-def speculation_depth(coder: BlockCoder, lo: int, hi: int, max_depth: int = 4) -> int:
+def speculation_depth(coder: BlockCoder, lo: int, hi: int, max_depth: int = 6) -> int:
     """Bisection levels per batched pass for this hardware: the d that minimises the time per level,
     t(2**d - 1 candidates) / d, timed on this block. On a CPU a batch costs at least as much as its
     candidates one by one (measured: 2.2x for 2, 4.3x for 4 at 112x192), so there it is 1 untimed.
@@ -198,12 +198,21 @@ def speculation_depth(coder: BlockCoder, lo: int, hi: int, max_depth: int = 4) -
         torch.cuda.synchronize(device)
         return time.perf_counter() - begin
 
-    per_level = {}
+    return best_depth(seconds, max_depth)
+
+
+def best_depth(seconds: Callable[[int], float], max_depth: int) -> int:
+    """The depth d <= ``max_depth`` with the least ``seconds(2**d - 1) / d`` (time per bisection
+    level), trying depths in order until one costs more per level than the one before or runs out of
+    memory."""
+    per_level: dict[int, float] = {}
     for d in range(1, max_depth + 1):
         try:
             per_level[d] = seconds(2**d - 1) / d
         except torch.cuda.OutOfMemoryError:
             break
+        if d > 1 and per_level[d] > per_level[d - 1]:
+            break  # batches have stopped being nearly free: deeper only costs more per level
     return min(per_level, key=per_level.get) if per_level else 1
 
 
