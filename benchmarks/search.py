@@ -8,7 +8,7 @@ once. Prints time, sequential passes and how often the chosen counts agree. `--s
 costs little more than one candidate; on a CPU it costs more). Usage:
 
     python benchmarks/search.py [--model DIR] [--unconditioned-model DIR] [--clips PATH ...] [--frames 32]
-        [--threshold 0.003] [--resolution PX] [--device cpu|cuda] [--speculation D] [--context-blocks W]
+        [--threshold 0.003] [--resolution PX] [--device cpu|cuda] [--speculation D|auto] [--context-blocks W]
 """
 
 from __future__ import annotations
@@ -77,8 +77,10 @@ def bench_model(name: str, model, clips: list[str], frames: int, threshold: floa
     device = model.encoder.in_proj.weight.device
     context_blocks = model.config.context_window(context_blocks)  # the library's default, for every row
     searches = {"binary": ("binary", 1), "fast": ("fast", 1)}
-    if speculation:
-        searches[f"fast-spec{speculation}"] = ("fast", speculation)
+    if speculation == "auto":
+        searches["fast-auto"] = ("fast", None)  # the library's default: depth timed on the first block
+    elif int(speculation):
+        searches[f"fast-spec{speculation}"] = ("fast", int(speculation))
     rows = {k: [0.0, 0, 0, 0] for k in ["official", *searches]}  # seconds, passes, candidates, blocks
     same = {k: 0 for k in searches}
     paired = [0, 0]
@@ -144,7 +146,8 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=None)
     parser.add_argument("--resolution", type=int, help="shorter side in pixels (any-size models; default: the model's)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--speculation", type=int, default=0, help="also run fast with this many levels per batched pass")
+    parser.add_argument("--speculation", default="0",
+                        help="also run fast with this many levels per batched pass, or 'auto' (its default choice)")
     parser.add_argument("--context-blocks", type=int, help="earlier blocks each block attends to (default: the model's trained window, the library's "
                         "default; a number >= the clip's blocks gives every earlier block)")
     args = parser.parse_args()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -86,6 +88,24 @@ def test_keyframe_interval():
     m = tiny("tiny-fsq")
     coded = list(code_blocks(m, as_blocks(smooth_clip(24), 4), counts=8, keyframe_interval=2, cut_threshold=None))
     assert [cb.keyframe for cb in coded] == [True, False] * 3
+
+
+def test_library_tokens_record_keyframes_so_decode_matches():
+    m = tiny("tiny-fsq")
+    cut = torch.cat((smooth_clip(12, seed=0), -smooth_clip(12, seed=5)), 2)  # a hard cut at block 3
+    video = torch.cat((cut, smooth_clip(24, seed=1)))  # (2, 3, 24, 32, 32): only the first has a cut
+    result = encode_adaptive(m, video, Target("mse", 0.2), cut_threshold=0.3)
+    keys = result.tokens.keyframes
+    assert keys.tolist() == [[True, False, False, True, False, False], [True] + [False] * 5]
+    torch.testing.assert_close(result.recon, m.decode(result.tokens), rtol=0, atol=1e-5)
+    one = result.tokens.select(0)
+    assert one.keyframes.shape == (1, 6)
+    torch.testing.assert_close(m.decode(one), result.recon[:1], rtol=0, atol=1e-5)
+    # Without the keyframes the decoder attends across the cut and reconstructs something else.
+    ignored = dataclasses.replace(one, keyframes=None)
+    assert not torch.allclose(m.decode(ignored)[:, :, 12:], result.recon[:1, :, 12:], atol=1e-3)
+    # Keyframe-free tokens keep the plain layout.
+    assert encode_adaptive(m, video, Target("mse", 0.2), cut_threshold=None).tokens.keyframes is None
 
 
 def test_allocation_respects_budget_and_beats_uniform_on_its_curves():

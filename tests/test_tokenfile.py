@@ -135,6 +135,23 @@ def test_context_window_travels_with_the_file(fsq, tmp_path):
         read_tokens(tmp_path / "bad.etok")
 
 
+def test_keyframes_travel_with_the_file(fsq, tmp_path):
+    from elastictok.adaptive import Target, encode_adaptive
+
+    result = encode_adaptive(fsq, random_video(1, 20) * 0.3, Target("mse", 0.05), keyframe_interval=2)
+    tokens = result.tokens
+    path = write_tokens(tmp_path / "k.etok", tokens, fsq)
+    with open_token_file(path) as f:
+        assert f.keyframes == [0, 2, 4]
+        assert f.to_tokens(2).keyframes.tolist() == [[True, False, True]]
+        assert f.to_tokens(0, 2).keyframes is None
+    back = read_tokens(path, fsq)
+    assert torch.equal(back.keyframes, tokens.keyframes)
+    assert torch.equal(fsq.decode(back), fsq.decode(tokens))
+    with pytest.raises(ValueError, match="differ from the tokens' own"):
+        write_tokens(tmp_path / "x.etok", tokens, fsq, keyframes=[0, 3])
+
+
 # Bit packing -------------------------------------------------------------------------------------
 def _reference_pack(values: list[int], width: int) -> bytes:
     acc = 0

@@ -277,7 +277,7 @@ def encode_adaptive(
     n_blocks = padded.shape[2] // fpb
     if isinstance(num_tokens, torch.Tensor) and num_tokens.shape != (video.shape[0], n_blocks):
         raise ValueError(f"expected num_tokens of shape (B, n_blocks) = ({video.shape[0]}, {n_blocks}), got {tuple(num_tokens.shape)}")
-    all_counts, all_codes, all_recon, choices = [], [], [], []
+    all_counts, all_codes, all_recon, all_keys, choices = [], [], [], [], []
     for b in range(video.shape[0]):
         counts = num_tokens[b].tolist() if isinstance(num_tokens, torch.Tensor) else num_tokens
         blocks = (padded[b : b + 1, :, i * fpb : (i + 1) * fpb] for i in range(n_blocks))
@@ -291,10 +291,13 @@ def encode_adaptive(
             if on_block is not None:
                 on_block(cb.index, cb.count)
         all_counts.append(torch.tensor([cb.count for cb in coded]))
+        all_keys.append(torch.tensor([cb.keyframe for cb in coded]))
         all_codes.append(torch.cat([cb.codes for cb in coded], 1))
         all_recon.append(torch.cat([cb.recon for cb in coded], 2)[:, :, :num_frames])
         choices.append([BlockChoice(cb.count, cb.value, cb.evaluations, cb.passes) for cb in coded])
     codes = torch.cat(all_codes)  # (B, L, D)
     values = model.codes_to_values(codes).unflatten(1, (n_blocks, T)).cpu()
-    tokens = Tokens(torch.stack(all_counts), values, model.config.bottleneck, num_frames, frame_size, context_blocks)
+    keys = torch.stack(all_keys)  # (B, n_blocks)
+    keys = keys if keys[:, 1:].any() else None  # only block 0: the plain layout
+    tokens = Tokens(torch.stack(all_counts), values, model.config.bottleneck, num_frames, frame_size, context_blocks, keys)
     return AdaptiveResult(tokens, torch.cat(all_recon), choices)

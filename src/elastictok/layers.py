@@ -74,14 +74,27 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def block_causal_mask(
-    num_tokens: int, tokens_per_block: int, device: torch.device, window: int | None = None, past_blocks: int = 0
+    num_tokens: int,
+    tokens_per_block: int,
+    device: torch.device,
+    window: int | None = None,
+    past_blocks: int = 0,
+    segments: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(L, past + L) boolean mask, True where a query may attend: full inside a block, causal across
-    blocks, and with ``window`` at most that many earlier blocks (the ``past_blocks`` cached ones first)."""
+    blocks, and with ``window`` at most that many earlier blocks (the ``past_blocks`` cached ones first).
+
+    ``segments`` (B, past_blocks + n_blocks) gives each block a segment id (a keyframe starts a new
+    one); blocks then attend only within their own segment and the mask is (B, 1, L, past + L)."""
     query = torch.arange(num_tokens, device=device) // tokens_per_block + past_blocks
     key = torch.arange(past_blocks * tokens_per_block + num_tokens, device=device) // tokens_per_block
     behind = query[:, None] - key[None, :]
-    return (behind >= 0) if window is None else (behind >= 0) & (behind <= window)
+    mask = (behind >= 0) if window is None else (behind >= 0) & (behind <= window)
+    if segments is None:
+        return mask
+    segments = segments.to(device)
+    same = segments[:, query, None] == segments[:, None, key]  # (B, L, past + L)
+    return (mask & same)[:, None]
 
 
 class Attention(nn.Module):

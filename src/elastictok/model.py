@@ -178,9 +178,19 @@ class ElasticTok(nn.Module):
         angles = rope_angles(pos, self.config.head_dim, self.config.rope_theta)
         return angles.cos(), angles.sin()
 
-    def _mask(self, num_tokens: int, tokens_per_block: int, past_len: int, device, window: int | None = None):
-        """The attention mask, or None where every key may be attended to."""
+    def _mask(self, num_tokens: int, tokens_per_block: int, past_len: int, device, window=None, keyframes=None):
+        """The attention mask, or None where every key may be attended to.
+
+        ``keyframes`` (B, n_blocks) bool, for a whole sequence without a cached past: True where a
+        block starts afresh, attending to no block before it."""
         past_blocks = past_len // tokens_per_block
+        if keyframes is not None and not keyframes[:, 1:].any():
+            keyframes = None  # block 0 always starts afresh
+        if keyframes is not None:
+            if past_len:
+                raise ValueError("keyframes apply to a whole sequence; a cached past is reset at a keyframe instead")
+            segments = keyframes.long().cumsum(1)  # (B, n_blocks): a new segment at every keyframe
+            return block_causal_mask(num_tokens, tokens_per_block, device, window, 0, segments)
         if num_tokens <= tokens_per_block and (window is None or past_blocks <= window):
             return None  # one block sees itself and all of its past
         if window is not None and past_blocks + num_tokens // tokens_per_block <= window + 1:
@@ -212,12 +222,14 @@ class ElasticTok(nn.Module):
             codes, mean, logvar = self.quantizer(z_pre, sample=sample, generator=generator)
         return codes * keep[..., None], mean, logvar
 
-    def decode_patches(self, codes, frame_size, start_block=0, past: list[KV] | None = None, context_blocks=None):
+    def decode_patches(
+        self, codes, frame_size, start_block=0, past: list[KV] | None = None, context_blocks=None, keyframes=None
+    ):
         """codes (B, L, D) -> (recon patches (B, L, P) in [-1, 1], new per-layer (k, v))."""
         T = self.config.tokens_per_block(frame_size)
         cos, sin = self._rope(frame_size, codes.shape[1] // T, start_block)
         past_len = past[0][0].shape[2] if past else 0
-        mask = self._mask(codes.shape[1], T, past_len, codes.device, context_blocks)
+        mask = self._mask(codes.shape[1], T, past_len, codes.device, context_blocks, keyframes)
         return self.decoder(codes.to(self.decoder.post_quant.weight.dtype), cos, sin, mask, past)
 
     def forward(self, video: torch.Tensor, counts: torch.Tensor, sample: bool | None = None, generator=None):
@@ -281,8 +293,10 @@ class ElasticTok(nn.Module):
 
     @torch.no_grad()
     def decode(self, tokens: Tokens) -> torch.Tensor:
-        """Tokens -> video (B, 3, num_frames, H, W) in [-1, 1], with the context window they were encoded with."""
-        recon, _ = self.decode_patches(self.tokens_to_codes(tokens), tokens.frame_size, context_blocks=tokens.context_blocks)
+        """Tokens -> video (B, 3, num_frames, H, W) in [-1, 1], with the context (window, keyframes)
+        they were encoded with."""
+        codes = self.tokens_to_codes(tokens)
+        recon, _ = self.decode_patches(codes, tokens.frame_size, context_blocks=tokens.context_blocks, keyframes=tokens.keyframes)
         frames = tokens.num_blocks * self.config.frames_per_block
         return self.unpatchify(recon.float(), frames, tokens.frame_size)[:, :, : tokens.num_frames]
 

@@ -601,7 +601,12 @@ class TokenFile:
         counts = torch.from_numpy(self._counts[start_block:end].copy()).reshape(1, n)
         frames = min(self._num_frames, end * fpb) - start_block * fpb
         size = (h["frame_size"][0], h["frame_size"][1])
-        return Tokens(counts, values, h["kind"], frames, size, self.context_blocks)
+        later_keys = [k - start_block for k in self.keyframes if start_block < k < end]
+        keys = None
+        if later_keys:
+            keys = torch.zeros(1, n, dtype=torch.bool)
+            keys[0, [0, *later_keys]] = True
+        return Tokens(counts, values, h["kind"], frames, size, self.context_blocks, keys)
 
     def info(self) -> dict[str, Any]:
         """Header, per-block counts and keyframes, totals; JSON-serialisable."""
@@ -656,8 +661,8 @@ def write_tokens(
 ) -> Path:
     """Write a batch-of-one :class:`Tokens` encoded by ``model`` to ``path`` (atomically).
 
-    The tokens' context window goes into ``settings`` (as ``context_blocks``), so the file decodes
-    with the window it was encoded with."""
+    The tokens' context window goes into ``settings`` (as ``context_blocks``) and their keyframes into
+    the block flags, so the file decodes with the context it was encoded with."""
     if tokens.batch_size != 1:
         raise ValueError(f"a token file holds one video; got a batch of {tokens.batch_size} (use tokens.select(i))")
     if tokens.kind != model.config.bottleneck:
@@ -670,6 +675,11 @@ def write_tokens(
     keys = {int(k) for k in keyframes}
     if keys and not keys <= set(range(tokens.num_blocks)):
         raise ValueError(f"keyframes must be block indices in [0, {tokens.num_blocks}), got {sorted(keys)}")
+    if tokens.keyframes is not None:
+        recorded = {int(k) for k in tokens.keyframes[0].nonzero().flatten()} | {0}
+        if keys and keys | {0} != recorded:
+            raise ValueError(f"keyframes {sorted(keys)} differ from the tokens' own {sorted(recorded)}")
+        keys = recorded
     settings = dict(settings or {})
     if tokens.context_blocks is not None:
         if settings.setdefault("context_blocks", tokens.context_blocks) != tokens.context_blocks:

@@ -26,6 +26,8 @@ class Tokens:
       the last frame); ``frame_size`` (H, W) of the input.
     - ``context_blocks``: how many earlier blocks each block attended to when it was encoded (None:
       all of them); decoding must use the same window to reproduce the encoder's reconstruction.
+    - ``keyframes``: None, or (B, n_blocks) bool, True at blocks coded afresh (attending to no
+      earlier block); block 0 always is one.
     """
 
     counts: torch.Tensor
@@ -34,6 +36,7 @@ class Tokens:
     num_frames: int
     frame_size: tuple[int, int]
     context_blocks: int | None = None
+    keyframes: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("fsq", "vae"):
@@ -47,6 +50,12 @@ class Tokens:
         window = self.context_blocks
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
             raise ValueError(f"Tokens.context_blocks must be None or an int >= 1, got {self.context_blocks!r}")
+        keys = self.keyframes
+        if keys is not None and (keys.dtype != torch.bool or keys.shape != self.counts.shape):
+            raise ValueError(
+                f"Tokens.keyframes must be None or a bool tensor shaped like counts {tuple(self.counts.shape)}, "
+                f"got {keys.dtype} {tuple(keys.shape)}"
+            )
 
     @property
     def batch_size(self) -> int:
@@ -82,9 +91,11 @@ class Tokens:
         return [torch.cat([self.block(b, i) for i in range(self.num_blocks)]) for b in range(self.batch_size)]
 
     def to(self, device: torch.device | str) -> "Tokens":
-        return replace(self, counts=self.counts.to(device), values=self.values.to(device))
+        keys = None if self.keyframes is None else self.keyframes.to(device)
+        return replace(self, counts=self.counts.to(device), values=self.values.to(device), keyframes=keys)
 
     def select(self, index: int | slice) -> "Tokens":
         """Samples of the batch (a single int keeps the batch axis)."""
         idx = slice(index, index + 1) if isinstance(index, int) else index
-        return replace(self, counts=self.counts[idx], values=self.values[idx])
+        keys = None if self.keyframes is None else self.keyframes[idx]
+        return replace(self, counts=self.counts[idx], values=self.values[idx], keyframes=keys)
