@@ -96,6 +96,18 @@ def test_grid_fractions_cover_the_budgets():
 # Fréchet distance
 
 
+def test_fixed_count_curves_use_the_trained_window():
+    from helpers import random_video
+
+    m = tiny("tiny-fsq", max_context_blocks=2)  # default window: 1 earlier block
+    video = random_video(batch=1, frames=16)  # 4 blocks
+    recon = E.code_fixed(m, video, [5, 40])
+    for i, n in enumerate([5, 40]):
+        torch.testing.assert_close(recon[i : i + 1], m.decode(m.encode(video, n)), rtol=0, atol=1e-5)
+    wide = E.code_fixed(m, video, [5], context_blocks=3)
+    assert not torch.allclose(wide[:, :, 8:], recon[:1, :, 8:], atol=1e-4)
+
+
 def test_frechet_distance_of_known_gaussians():
     a = Gaussian(np.zeros(2), np.diag([1.0, 4.0]))
     b = Gaussian(np.array([1.0, 2.0]), np.diag([4.0, 1.0]))

@@ -75,13 +75,15 @@ DEFAULT_THRESHOLDS = (0.003, 0.007)
 
 
 @torch.no_grad()
-def code_fixed(model: ElasticTok, video: Tensor, counts: Sequence[int]) -> Tensor:
+def code_fixed(model: ElasticTok, video: Tensor, counts: Sequence[int], context_blocks: int | None = None) -> Tensor:
     """Reconstructions (k, 3, T', H, W) of ``video`` (1, 3, T, H, W) with each of k counts in every block.
 
     Blocks are coded in order through the KV cache, batched over the counts, so each block is
-    conditioned on the earlier blocks coded at the same count. T' is T padded to whole blocks (the
-    last frame repeated, as the encoder does).
+    conditioned on the earlier blocks coded at the same count, at most ``context_blocks`` of them
+    (default: the model's trained window, as the adaptive encodes use). T' is T padded to whole
+    blocks (the last frame repeated, as the encoder does).
     """
+    window = model.config.context_window(context_blocks)
     device = model.encoder.in_proj.weight.device
     padded = model.pad_frames(video).to(device)
     fpb, size = model.config.frames_per_block, tuple(video.shape[-2:])
@@ -91,7 +93,7 @@ def code_fixed(model: ElasticTok, video: Tensor, counts: Sequence[int]) -> Tenso
     for i in range(padded.shape[2] // fpb):
         patches = model.patchify(padded[:, :, i * fpb : (i + 1) * fpb]).expand(len(n), -1, -1)
         step = model.code_block(patches, n, state)
-        model.commit(state, step)
+        model.commit(state, step, window)
         blocks.append(model.unpatchify(step.recon.float(), fpb, size).clamp(-1, 1))
     return torch.cat(blocks, 2)
 
