@@ -657,7 +657,6 @@ def write_tokens(
     model: ElasticTok,
     fps: float | None = None,
     settings: Mapping[str, Any] | None = None,
-    keyframes: Iterable[int] = (),
 ) -> Path:
     """Write a batch-of-one :class:`Tokens` encoded by ``model`` to ``path`` (atomically).
 
@@ -672,14 +671,7 @@ def write_tokens(
         raise ValueError(
             f"expected {T} token slots per block for frames {tokens.frame_size}, got {tokens.tokens_per_block}"
         )
-    keys = {int(k) for k in keyframes}
-    if keys and not keys <= set(range(tokens.num_blocks)):
-        raise ValueError(f"keyframes must be block indices in [0, {tokens.num_blocks}), got {sorted(keys)}")
-    if tokens.keyframes is not None:
-        recorded = {int(k) for k in tokens.keyframes[0].nonzero().flatten()} | {0}
-        if keys and keys | {0} != recorded:
-            raise ValueError(f"keyframes {sorted(keys)} differ from the tokens' own {sorted(recorded)}")
-        keys = recorded
+    keys = set() if tokens.keyframes is None else {int(k) for k in tokens.keyframes[0].nonzero().flatten()} | {0}
     settings = dict(settings or {})
     if tokens.context_blocks is not None:
         if settings.setdefault("context_blocks", tokens.context_blocks) != tokens.context_blocks:
