@@ -261,7 +261,8 @@ def encode_adaptive(
     token) that meet ``target`` (default: the official MSE 0.003), falling back to max_tokens.
     ``context_blocks`` bounds how many earlier blocks each block attends to (default: as many as the
     model saw in training, ``config.default_context_blocks``; the tokens record it); see
-    :mod:`elastictok.streaming` for keyframes and ``speculation`` (batched candidates on a GPU).
+    :mod:`elastictok.streaming` for keyframes (recorded in ``tokens.keyframes``, so that
+    ``model.decode`` repeats them) and ``speculation`` (batched candidates on a GPU).
     ``on_block(i, n)`` is called after each block.
     """
     from .checks import check_video
