@@ -143,6 +143,42 @@ def test_budget_is_never_exceeded_and_caps_hold(tmp_path):
     assert max(b["tokens"] for b in stats["blocks"]) <= 12
 
 
+def test_budget_allocation_is_checked_against_uniform(tmp_path):
+    m = tiny("tiny-axial", max_context_blocks=2)
+    from elastictok import io
+
+    src = tmp_path / "clip.mp4"
+    io.save_video(torch.cat([smooth_clip(12), random_video(1, 12, seed=2) * 0.5], 2)[0], src, 8.0)
+    source = Source.open(src, m, resolution=32)
+    checked = 0
+    for budget in [6, 10, 16, 25]:
+        stats = encode_file(m, source, tmp_path / "b.etok", Coding(budget=budget))
+        uniform = encode_file(m, source, tmp_path / "u.etok", Coding(num_tokens=budget))
+        psnr = sum(b["psnr"] for b in stats["blocks"]) / len(stats["blocks"])
+        psnr_uniform = sum(b["psnr"] for b in uniform["blocks"]) / len(uniform["blocks"])
+        assert psnr >= psnr_uniform - 1e-6, budget  # never worse than the same count everywhere
+        report = stats["rate_control"]
+        if "checked" in report:
+            checked += 1
+            # The check is exact: it is what the encode it chose gives (-PSNR per block on average).
+            chose = "allocation" if report["allocation"] != [budget] * len(stats["blocks"]) else "uniform"
+            assert report["checked"][chose] == pytest.approx(-(psnr), abs=1e-6)
+    assert checked  # at least one budget where the allocation differed from uniform and was checked
+
+
+def test_checked_allocation_falls_back_to_uniform_when_coding_it_did_worse():
+    from elastictok.ratecontrol import checked
+
+    curves = [{8: 0.02, 16: 0.01}, {8: 0.04, 16: 0.01}]  # measured with earlier blocks at 16 (uniform)
+    allocation = [8, 24]
+    better = [{8: 0.012}, {24: 0.001}]  # coding the allocation: block 1 gains a lot
+    worse = [{8: 0.02}, {24: 0.05}]  # ... or its new context hurt it
+    counts, means = checked(curves, better, allocation, 16, "mse")
+    assert counts == allocation and means == pytest.approx({"allocation": 0.0065, "uniform": 0.01})
+    counts, means = checked(curves, worse, allocation, 16, "mse")
+    assert counts == [16, 16] and means["allocation"] > means["uniform"]
+
+
 def test_killed_encode_leaves_no_partial_file(tmp_path):
     m = tiny("tiny-axial")
     from elastictok import io

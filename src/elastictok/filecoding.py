@@ -20,7 +20,7 @@ from . import io
 from .adaptive import Target
 from .model import ElasticTok
 from .pipeline import input_size, plot_blocks, side_by_side
-from .ratecontrol import allocate, candidate_counts, measure_curves
+from .ratecontrol import allocate, candidate_counts, checked, measure_curves, uniform_counts
 from .streaming import DEFAULT_CUT_THRESHOLD, CodedBlock, blocks_of, code_blocks, decode_blocks, frames_of, is_cut
 from .tokenfile import TokenFileWriter, open_token_file
 
@@ -140,7 +140,16 @@ def plan_counts(model: ElasticTok, source: Source, coding: Coding) -> tuple[list
     keys = _keyframes_of(source, fpb, coding)
     curves = measure_curves(model, source.blocks(fpb), candidates, int(budget), coding.context_blocks, keys)
     allocation = allocate(curves, budget, coding.budget_objective)
-    return allocation.counts, {"budget": coding.budget, "allocation": allocation.counts, "candidates": candidates}
+    counts, report = allocation.counts, {"budget": coding.budget, "candidates": candidates}
+    uniform = uniform_counts(curves, budget)
+    if counts != uniform:
+        # The curves condition every block on earlier blocks at the uniform count; the allocation
+        # changes that context. One pass at the allocated counts gives exactly what encoding them
+        # yields, and the curves already hold exactly what uniform yields: keep the better.
+        realised = measure_curves(model, source.blocks(fpb), None, counts, coding.context_blocks, keys)
+        counts, report["checked"] = checked(curves, realised, counts, budget, coding.budget_objective)
+    report["allocation"] = counts
+    return counts, report
 
 
 def run(model: ElasticTok, source: Source, coding: Coding) -> tuple[Iterator[CodedBlock], dict]:

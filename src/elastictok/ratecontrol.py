@@ -4,12 +4,14 @@ A first pass measures each block's rate-distortion curve at a few candidate coun
 from earlier blocks coded at the budget, close to what the final pass will see). A Lagrangian
 allocation then picks one count per block minimising total distortion under the token budget, and a
 greedy pass spends what the Lagrangian leaves over. The uniform allocation (N everywhere) is always
-a candidate, so the allocation is never worse than it on the measured curves.
+a candidate, so the allocation is never worse than it on the measured curves; but the allocation
+changes the context later blocks see, so a last pass codes it and keeps uniform where that came out
+worse (:func:`checked`), which makes "never worse than uniform" hold for the encode itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,12 +49,16 @@ def distortion(mse: float, objective: str) -> float:
 def measure_curves(
     model: ElasticTok,
     blocks: Iterable[torch.Tensor],
-    candidates: list[int],
-    context_count: int,
+    candidates: Sequence[int] | None,
+    context_count: int | Sequence[int],
     context_blocks: int | None = None,
     keyframes: set[int] | None = None,
 ) -> list[dict[int, float]]:
-    """Per block, the official block MSE at every candidate count: [{count: mse}, ...]."""
+    """Per block, the official block MSE at every candidate count: [{count: mse}, ...].
+
+    Each block is measured against earlier blocks coded at ``context_count`` (one count for every
+    block, or one per block); ``candidates`` None measures only that count, which is then exactly
+    what encoding with those counts gives."""
     from .adaptive import BlockScorer, BlockCoder
 
     curves, state, scorer = [], None, None
@@ -62,10 +68,35 @@ def measure_curves(
             scorer = BlockScorer(model, "mse", state.frame_size)
         if keyframes and i in keyframes:
             reset_context(state)
+        ctx = context_count if isinstance(context_count, int) else context_count[i]
         coder = BlockCoder(model, model.patchify(block.to(model.encoder.in_proj.weight.device)), state, scorer)
-        curves.append({n: coder.evaluate(n, lambda v: False) for n in candidates})
-        model.commit(state, coder.step(context_count), context_blocks)
+        # Keep the context count's state, so committing it costs no extra pass.
+        curves.append({n: coder.evaluate(n, lambda v, keep=n == ctx: keep) for n in (candidates or [ctx])})
+        model.commit(state, coder.final(ctx), context_blocks)
     return curves
+
+
+def uniform_counts(curves: list[dict[int, float]], budget: float) -> list[int]:
+    """The same count in every block: the largest measured one within the budget."""
+    return [max([n for n in c if n <= budget], default=min(c)) for c in curves]
+
+
+def total_distortion(curves: list[dict[int, float]], counts: list[int], objective: str) -> float:
+    return sum(distortion(c[n], objective) for c, n in zip(curves, counts))
+
+
+def checked(
+    curves: list[dict[int, float]], realised: list[dict[int, float]], counts: list[int], budget: float, objective: str
+) -> tuple[list[int], dict[str, float]]:
+    """``counts`` (an allocation), or the uniform counts where they do better.
+
+    ``curves`` hold exactly what uniform coding gives (they were measured with earlier blocks at the
+    uniform count); ``realised`` holds what coding ``counts`` gives (each block measured at its own
+    count, after earlier blocks at theirs). Returns the better counts and both mean distortions."""
+    uniform = uniform_counts(curves, budget)
+    got, base = total_distortion(realised, counts, objective), total_distortion(curves, uniform, objective)
+    means = {"allocation": got / len(counts), "uniform": base / len(counts)}
+    return (uniform if base < got else counts), means
 
 
 def allocate(curves: list[dict[int, float]], budget: float, objective: str = "psnr") -> Allocation:
@@ -81,7 +112,7 @@ def allocate(curves: list[dict[int, float]], budget: float, objective: str = "ps
         raise ValueError(f"a budget of {budget} tokens per block is below the minimum of {smallest / len(curves):.1f}")
     counts = _lagrangian(costs, total)
     counts = _fill(costs, counts, total)
-    uniform = [max([n for n in c if n <= budget], default=min(c)) for c in costs]
+    uniform = uniform_counts(costs, budget)
     if sum(c[n] for c, n in zip(costs, uniform)) < sum(c[n] for c, n in zip(costs, counts)):
         counts = uniform
     return Allocation(counts, budget, sum(c[n] for c, n in zip(costs, counts)))
