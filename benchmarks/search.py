@@ -9,6 +9,9 @@ costs little more than one candidate; on a CPU it costs more). Usage:
 
     python benchmarks/search.py [--model DIR] [--unconditioned-model DIR] [--clips PATH ...] [--frames 32]
         [--threshold 0.003] [--resolution PX] [--device cpu|cuda] [--speculation D|auto] [--context-blocks W]
+    python benchmarks/search.py --save-clips DIR --clips ... [--frames 32] [--resolution PX]   # .npy frames
+
+A clip ending in .npy is read as saved by --save-clips (the GPU run in scripts/device_search.sh).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from elastictok.adaptive import BlockCoder, BlockScorer, Target, encode_adaptive
@@ -85,8 +89,7 @@ def bench_model(name: str, model, clips: list[str], frames: int, threshold: floa
     same = {k: 0 for k in searches}
     paired = [0, 0]
     for clip in clips:
-        video, _ = load_input(clip, model.config, resolution=resolution, max_frames=frames, fps=fps)
-        video = video.to(device)
+        video = load_clip(clip, model, frames, fps, resolution).to(device)
         # The official procedure re-runs the encoder for every candidate whatever the encoder.
         sync(device)
         start = time.perf_counter()
@@ -131,6 +134,26 @@ def bench_model(name: str, model, clips: list[str], frames: int, threshold: floa
           "when both search each block against the same context")
 
 
+def load_clip(clip: str, model, frames: int, fps, resolution) -> torch.Tensor:
+    """(1, 3, T, H, W) in [-1, 1]: a video file, or frames saved by ``--save-clips`` (no PyAV needed,
+    for machines without it, such as the GPU machine this project borrows)."""
+    if clip.endswith(".npy"):
+        array = torch.from_numpy(np.load(clip))[:frames]  # (T, H, W, 3) uint8
+        return (array.permute(3, 0, 1, 2).float() / 127.5 - 1)[None]
+    video, _ = load_input(clip, model.config, resolution=resolution, max_frames=frames, fps=fps)
+    return video
+
+
+def save_clips(clips: list[str], out: str, model, frames: int, fps, resolution) -> None:
+    """Decode each clip as the benchmark would and save it as uint8 frames (T, H, W, 3), exactly."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for clip in clips:
+        video = load_input(clip, model.config, resolution=resolution, max_frames=frames, fps=fps)[0][0]
+        array = ((video + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)  # (T, H, W, 3)
+        np.save(Path(out) / f"{Path(clip).stem}.npy", array.numpy())
+        print(f"{clip} -> {Path(out) / Path(clip).stem}.npy {tuple(array.shape)}")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -150,9 +173,13 @@ def main() -> None:
                         help="also run fast with this many levels per batched pass, or 'auto' (its default choice)")
     parser.add_argument("--context-blocks", type=int, help="earlier blocks each block attends to (default: the model's trained window, the library's "
                         "default; a number >= the clip's blocks gives every earlier block)")
+    parser.add_argument("--save-clips", metavar="DIR", help="only decode the clips into DIR as .npy frames, then stop")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.frames} frames per clip")
     model = load_pretrained(args.model, device=args.device) if args.model else load_default_model(device=args.device)[0]
+    if args.save_clips:
+        save_clips(args.clips, args.save_clips, model, args.frames, args.fps, args.resolution)
+        return
     common = (args.clips, args.frames, args.threshold, args.fps, args.resolution, args.speculation, args.context_blocks)
     bench_model(args.model or "default model", model, *common)
     if args.unconditioned_model:
