@@ -150,6 +150,13 @@ def test_keyframes_travel_with_the_file(fsq, tmp_path):
     back = read_tokens(path, fsq)
     assert torch.equal(back.keyframes, tokens.keyframes)
     assert torch.equal(fsq.decode(back), fsq.decode(tokens))
+    # A range from a keyframe decodes, at its own positions, to what the whole file gives there.
+    with open_token_file(path) as f:
+        tail = f.to_tokens(2)
+        assert tail.start_block == 2 and tail.num_frames == 12
+        torch.testing.assert_close(fsq.decode(tail), result.recon[:, :, 8:], rtol=0, atol=1e-5)
+        with pytest.raises(ValueError, match="start at block 2"):
+            write_tokens(tmp_path / "tail.etok", tail, fsq)
 
 
 # Bit packing -------------------------------------------------------------------------------------

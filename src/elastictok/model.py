@@ -296,7 +296,9 @@ class ElasticTok(nn.Module):
         """Tokens -> video (B, 3, num_frames, H, W) in [-1, 1], with the context (window, keyframes)
         they were encoded with."""
         codes = self.tokens_to_codes(tokens)
-        recon, _ = self.decode_patches(codes, tokens.frame_size, context_blocks=tokens.context_blocks, keyframes=tokens.keyframes)
+        recon, _ = self.decode_patches(
+            codes, tokens.frame_size, tokens.start_block, context_blocks=tokens.context_blocks, keyframes=tokens.keyframes
+        )
         frames = tokens.num_blocks * self.config.frames_per_block
         return self.unpatchify(recon.float(), frames, tokens.frame_size)[:, :, : tokens.num_frames]
 

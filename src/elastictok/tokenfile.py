@@ -585,6 +585,8 @@ class TokenFile:
         """Blocks ``start_block:end_block`` as a batch-of-one :class:`Tokens`, padded with zeros.
 
         ``num_frames`` counts the frames those blocks cover (the true count, for the last block).
+        ``start_block`` is recorded, so that ``model.decode`` of a range starting at a keyframe gives
+        the frames the whole file decodes to there.
         """
         end = self.num_blocks if end_block is None else end_block
         if not 0 <= start_block < end <= self.num_blocks:
@@ -606,7 +608,7 @@ class TokenFile:
         if later_keys:
             keys = torch.zeros(1, n, dtype=torch.bool)
             keys[0, [0, *later_keys]] = True
-        return Tokens(counts, values, h["kind"], frames, size, self.context_blocks, keys)
+        return Tokens(counts, values, h["kind"], frames, size, self.context_blocks, keys, start_block)
 
     def info(self) -> dict[str, Any]:
         """Header, per-block counts and keyframes, totals; JSON-serialisable."""
@@ -666,6 +668,8 @@ def write_tokens(
         raise ValueError(f"a token file holds one video; got a batch of {tokens.batch_size} (use tokens.select(i))")
     if tokens.kind != model.config.bottleneck:
         raise ValueError(f"these are {tokens.kind} tokens but the model has a {model.config.bottleneck} bottleneck")
+    if tokens.start_block:
+        raise ValueError(f"these tokens start at block {tokens.start_block} of a longer video; a token file starts at block 0")
     T = model.config.tokens_per_block(tokens.frame_size)
     if tokens.tokens_per_block != T:
         raise ValueError(

@@ -28,6 +28,8 @@ class Tokens:
       all of them); decoding must use the same window to reproduce the encoder's reconstruction.
     - ``keyframes``: None, or (B, n_blocks) bool, True at blocks coded afresh (attending to no
       earlier block); block 0 always is one.
+    - ``start_block``: the index of the first block in the video it came from (blocks read from the
+      middle of a token file), which sets its positions.
     """
 
     counts: torch.Tensor
@@ -37,6 +39,7 @@ class Tokens:
     frame_size: tuple[int, int]
     context_blocks: int | None = None
     keyframes: torch.Tensor | None = None
+    start_block: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in ("fsq", "vae"):
@@ -50,6 +53,8 @@ class Tokens:
         window = self.context_blocks
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
             raise ValueError(f"Tokens.context_blocks must be None or an int >= 1, got {self.context_blocks!r}")
+        if isinstance(self.start_block, bool) or not isinstance(self.start_block, int) or self.start_block < 0:
+            raise ValueError(f"Tokens.start_block must be an int >= 0, got {self.start_block!r}")
         keys = self.keyframes
         if keys is not None and (keys.dtype != torch.bool or keys.shape != self.counts.shape):
             raise ValueError(
