@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .tokens import is_context_window
+
 BOTTLENECKS = ("fsq", "vae")
 ROPES = ("1d", "axial")
 CONDITIONINGS = ("mask", "none")
@@ -43,8 +45,8 @@ class ElasticTokConfig:
     # unconditioned ablation, which encodes once for every token count.
     encoder_conditioning: str = "mask"
     # Blocks a training sequence held, the current one included (the official inference scripts use
-    # 4). Attending to more earlier blocks than it saw in training degrades a model: the CLI's
-    # default context window is max_context_blocks - 1 earlier blocks.
+    # 4). Attending to more earlier blocks than it saw in training degrades a model: the default
+    # context window (library and CLI) is max_context_blocks - 1 earlier blocks.
     max_context_blocks: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -112,14 +114,14 @@ class ElasticTokConfig:
 
     @property
     def default_context_blocks(self) -> int:
-        """Earlier blocks each block attends to by default in the CLI: as many as in training."""
+        """Earlier blocks each block attends to by default: as many as in training."""
         return max(1, self.max_context_blocks - 1)
 
     def context_window(self, context_blocks: int | None) -> int:
         """``context_blocks`` checked, or the trained window where it is None."""
         if context_blocks is None:
             return self.default_context_blocks
-        if isinstance(context_blocks, bool) or not isinstance(context_blocks, int) or context_blocks < 1:
+        if not is_context_window(context_blocks):
             raise ValueError(f"expected context_blocks to be an int >= 1 (earlier blocks in context), got {context_blocks!r}")
         return context_blocks
 

@@ -22,6 +22,7 @@ from .adaptive import BlockCoder, BlockScorer, Target, depth_for_block, speculat
 from .metrics import mse_to_psnr
 from .model import ElasticTok, KVCache, StreamState
 from .search import SEARCHES, run_search
+from .tokens import is_context_window
 
 # Mean absolute change in [-1, 1] pixels between the last frame of a block and the first of the next
 # that counts as a hard cut (about 38 grey levels); continuous footage stays far below it.
@@ -97,7 +98,7 @@ def code_blocks(
     """
     if search not in SEARCHES:
         raise ValueError(f"unknown search {search!r}; expected one of {SEARCHES}")
-    if context_blocks is not None and context_blocks < 1:
+    if not is_context_window(context_blocks):
         raise ValueError(f"expected context_blocks >= 1, got {context_blocks}")
     if speculation is not None and not 1 <= speculation <= 8:
         raise ValueError(f"expected a speculation depth in [1, 8], got {speculation}")

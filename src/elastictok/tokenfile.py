@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .tokens import Tokens
+from .tokens import Tokens, is_context_window
 
 if TYPE_CHECKING:
     from .model import ElasticTok
@@ -577,7 +577,7 @@ class TokenFile:
     def context_blocks(self) -> int | None:
         """Earlier blocks each block attended to when encoded (None: all); decoding must repeat it."""
         window = self._header["settings"].get("context_blocks")
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        if not is_context_window(window):
             raise self._fail(f"records a context window of {window!r}; expected null or an int >= 1")
         return window
 

@@ -14,6 +14,11 @@ from dataclasses import dataclass, replace
 import torch
 
 
+def is_context_window(value: object) -> bool:
+    """None (every earlier block) or an int >= 1: a valid number of earlier blocks in context."""
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
 @dataclass
 class Tokens:
     """Encodings of a batch of videos, block by block.
@@ -50,8 +55,7 @@ class Tokens:
                 f"Tokens: expected counts (B, n_blocks) and {self.kind} values of rank {expected_rank} starting "
                 f"with the same (B, n_blocks); got counts {tuple(self.counts.shape)}, values {tuple(self.values.shape)}"
             )
-        window = self.context_blocks
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        if not is_context_window(self.context_blocks):
             raise ValueError(f"Tokens.context_blocks must be None or an int >= 1, got {self.context_blocks!r}")
         if isinstance(self.start_block, bool) or not isinstance(self.start_block, int) or self.start_block < 0:
             raise ValueError(f"Tokens.start_block must be an int >= 0, got {self.start_block!r}")
