@@ -22,9 +22,11 @@ from pathlib import Path
 
 import torch
 
-from elastictok.adaptive import Target, encode_adaptive
-from elastictok.pipeline import load_input
-from elastictok.pretrained import load_default_model, load_pretrained
+from elastictok.coding.adaptive import encode_adaptive
+from elastictok.coding.options import CodingOptions
+from elastictok.coding.target import Target
+from elastictok.files.source import load_input
+from elastictok.weights.pretrained import load_default_model, load_pretrained
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "dev" / "sam2"
 
@@ -43,7 +45,7 @@ def default_clip(tmp: Path) -> Path:
     clips = sorted(DEV.glob("*.mp4"))
     if clips:
         return clips[0]
-    from elastictok.samples import write_sample_clip
+    from elastictok.media.samples import write_sample_clip
 
     return write_sample_clip(tmp / "sample.mp4", num_frames=32)
 
@@ -66,7 +68,7 @@ def bench(name: str, model, clip: Path, frames: int, resolution: int | None, rep
     print(f"{'search':>13}{'seconds':>10}{'frames/s':>10}{'passes':>10}{'tokens/block':>14}")
     for search in ("fast", "binary"):
         start = time.perf_counter()
-        result = encode_adaptive(model, video, Target("mse", threshold), search=search)
+        result = encode_adaptive(model, video, CodingOptions(target=Target("mse", threshold), search=search))
         seconds = time.perf_counter() - start
         mean = float(result.tokens.counts.float().mean())
         print(f"{search:>13}{seconds:>10.2f}{n_frames / seconds:>10.1f}{result.evaluations:>10}{mean:>14.0f}")

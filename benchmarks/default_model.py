@@ -21,10 +21,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from elastictok.adaptive import Target, encode_adaptive
-from elastictok.filecoding import Coding, Source, encode_file
-from elastictok.metrics import mse_to_psnr
-from elastictok.pretrained import load_default_model, load_pretrained
+from elastictok.coding.adaptive import encode_adaptive
+from elastictok.coding.target import Target
+from elastictok.coding.options import DEFAULT_CUT_THRESHOLD, CodingOptions
+from elastictok.files.coding import encode_file
+from elastictok.files.source import Source
+from elastictok.metrics.pixel import mse_to_psnr
+from elastictok.weights.pretrained import load_default_model, load_pretrained
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -83,7 +86,7 @@ def main() -> None:
             out = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
             rows[n].append(psnr_u8(pixels, out))
             webp[n].append(webp_at(pixels, 2 * n)[0])
-        result = encode_adaptive(model, video, Target("mse", 0.003), search="fast")
+        result = encode_adaptive(model, video, CodingOptions(target=Target("mse", 0.003), search="fast"))
         needed.append(int(result.tokens.counts[0, 0]))
     seconds = time.perf_counter() - start
     T = model.config.tokens_per_block((256, 256))
@@ -98,7 +101,7 @@ def main() -> None:
     counts, maxima = [], []
     for clip in clips:
         source = Source.open(clip, model, max_frames=args.frames)
-        stats = encode_file(model, source, "/tmp/_default_model_bench.etok", Coding(target=Target("mse", 0.003)))
+        stats = encode_file(model, source, "/tmp/_default_model_bench.etok", CodingOptions(target=Target("mse", 0.003), cut_threshold=DEFAULT_CUT_THRESHOLD))
         counts += [b["tokens"] for b in stats["blocks"]]
         maxima.append(stats["blocks"][0]["max_tokens"])
     if counts:

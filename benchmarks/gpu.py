@@ -33,7 +33,9 @@ import torch
 from torch import nn
 
 from elastictok import ElasticTok, ElasticTokConfig
-from elastictok.adaptive import Target, encode_adaptive
+from elastictok.coding.adaptive import encode_adaptive
+from elastictok.coding.options import CodingOptions
+from elastictok.coding.target import Target
 
 
 def linear_weights(module: nn.Module) -> int:
@@ -111,11 +113,11 @@ def main() -> None:
     print(f"{'search':<8}{'seconds':>10}{'passes':>8}{'passes/block':>14}{'candidates':>12}{'tokens/block':>14}")
     for search in ("binary", "fast"):
         with autocast:
-            encode_adaptive(model, clip[:, :, :fpb], Target("mse", args.threshold), search=search)  # warm-up
+            encode_adaptive(model, clip[:, :, :fpb], CodingOptions(target=Target("mse", args.threshold), search=search))  # warm-up
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            result = encode_adaptive(model, clip, Target("mse", args.threshold), search=search)
+            result = encode_adaptive(model, clip, CodingOptions(target=Target("mse", args.threshold), search=search))
             if device.type == "cuda":
                 torch.cuda.synchronize()
         seconds = time.perf_counter() - start

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from elastictok import ElasticTok
-from elastictok.metrics import block_mse
-from elastictok.official import convert_official_checkpoint, load_official_config
+from elastictok.metrics.pixel import block_mse
+from elastictok.weights.official import convert_official_checkpoint, load_official_config
 
 PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
 

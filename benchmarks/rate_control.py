@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
-from elastictok.filecoding import Coding, Source, encode_file
-from elastictok.pretrained import load_default_model, load_pretrained
+from elastictok.coding.options import DEFAULT_CUT_THRESHOLD, CodingOptions
+from elastictok.files.coding import encode_file
+from elastictok.files.source import Source
+from elastictok.weights.pretrained import load_default_model, load_pretrained
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "dev" / "sam2"
 
@@ -40,8 +42,8 @@ def main() -> None:
                 source = Source.open(clip, model, args.resolution, max_frames=args.frames)
                 T = model.config.tokens_per_block(source.size)
                 n = max(model.config.min_tokens(source.size), round(frac * T))
-                b = encode_file(model, source, Path(tmp) / "b.etok", Coding(budget=n))
-                u = encode_file(model, source, Path(tmp) / "u.etok", Coding(num_tokens=n))
+                b = encode_file(model, source, Path(tmp) / "b.etok", CodingOptions(budget=n, cut_threshold=DEFAULT_CUT_THRESHOLD))
+                u = encode_file(model, source, Path(tmp) / "u.etok", CodingOptions(num_tokens=n, cut_threshold=DEFAULT_CUT_THRESHOLD))
                 psnr["budget"] += [blk["psnr"] for blk in b["blocks"]]
                 psnr["uniform"] += [blk["psnr"] for blk in u["blocks"]]
                 average.append(b["average_tokens_per_block"])

@@ -23,11 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elastictok.adaptive import BlockCoder, BlockScorer, Target, encode_adaptive
-from elastictok.metrics import block_mse
-from elastictok.pipeline import load_input
-from elastictok.pretrained import load_default_model, load_pretrained
-from elastictok.search import Probe, official_binary, run_search
+from elastictok.coding.adaptive import encode_adaptive
+from elastictok.coding.coder import BlockCoder
+from elastictok.coding.options import CodingOptions
+from elastictok.coding.target import BlockScorer, Target
+from elastictok.metrics.pixel import block_mse
+from elastictok.files.source import load_input
+from elastictok.weights.pretrained import load_default_model, load_pretrained
+from elastictok.coding.search import Probe, official_binary, run_search
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "dev" / "sam2"
 
@@ -78,7 +81,7 @@ def paired_agreement(model, video, threshold: float, context_blocks: int | None 
 
 
 def bench_model(name: str, model, clips: list[str], frames: int, threshold: float, fps, resolution, speculation, context_blocks) -> None:
-    device = model.encoder.in_proj.weight.device
+    device = model.device
     context_blocks = model.config.context_window(context_blocks)  # the library's default, for every row
     searches = {"binary": ("binary", 1), "fast": ("fast", 1)}
     if speculation == "auto":
@@ -102,8 +105,7 @@ def bench_model(name: str, model, clips: list[str], frames: int, threshold: floa
         picks = {}
         for label, (search, depth) in searches.items():
             start = time.perf_counter()
-            result = encode_adaptive(model, video, Target("mse", threshold), search=search, speculation=depth,
-                                     context_blocks=context_blocks)
+            result = encode_adaptive(model, video, CodingOptions(target=Target("mse", threshold), search=search, speculation=depth, context_blocks=context_blocks))
             sync(device)
             rows[label][0] += time.perf_counter() - start
             rows[label][1] += result.passes

@@ -22,8 +22,10 @@ CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "dev"
 
 
 def child(args) -> None:
-    from elastictok.filecoding import Coding, Source, encode_file
-    from elastictok.pretrained import load_default_model, load_pretrained
+    from elastictok.coding.options import DEFAULT_CUT_THRESHOLD, CodingOptions
+    from elastictok.files.coding import encode_file
+    from elastictok.files.source import Source
+    from elastictok.weights.pretrained import load_default_model, load_pretrained
 
     model = load_pretrained(args.model) if args.model else load_default_model()[0]
     base = Source.open(args.clip, model, resolution=args.resolution)
@@ -36,8 +38,7 @@ def child(args) -> None:
     source = Looped(base.path, base.size, base.fps, None)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        stats = encode_file(model, source, Path(tmp) / "x.etok", Coding(num_tokens=args.num_tokens,
-                            context_blocks=args.context_blocks))
+        stats = encode_file(model, source, Path(tmp) / "x.etok", CodingOptions(num_tokens=args.num_tokens, context_blocks=args.context_blocks, cut_threshold=DEFAULT_CUT_THRESHOLD))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     print(json.dumps({"frames": stats["frames"], "blocks": len(stats["blocks"]), "peak_mib": peak,
                       "seconds": time.perf_counter() - start, "size": base.size}))

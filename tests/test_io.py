@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from elastictok.io import (
+from elastictok.media.io import (
     MediaError,
     VideoInfo,
     crop_to_multiple,
@@ -29,7 +29,7 @@ from elastictok.io import (
     to_unit,
     video_info,
 )
-from elastictok.samples import sample_clip, sample_image, sample_image_path, write_sample_clip
+from elastictok.media.samples import sample_clip, sample_image, sample_image_path, write_sample_clip
 
 av = pytest.importorskip("av", reason="PyAV is needed for the video tests: pip install 'elastictok[video]'")
 

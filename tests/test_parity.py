@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from elastictok import ElasticTok
-from elastictok.cli import main as cli_main
-from elastictok.metrics import block_mse
+from elastictok.app.cli import main as cli_main
+from elastictok.metrics.pixel import block_mse
 
 from helpers import PARITY, need_dir
 

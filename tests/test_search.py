@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from elastictok.adaptive import Target, encode_adaptive
-from elastictok.metrics import block_mse
-from elastictok.search import binary, fast, full, grid, grid_candidates, official_binary, run_search, speculative_binary
+from elastictok.coding.adaptive import encode_adaptive
+from elastictok.coding.options import CodingOptions
+from elastictok.coding.target import Target
+from elastictok.metrics.pixel import block_mse
+from elastictok.coding.search import binary, fast, full, grid, grid_candidates, official_binary, run_search, speculative_binary
 
 from helpers import PARITY, need_dir, random_video, tiny
 
@@ -73,7 +75,7 @@ def test_fast_without_a_start_bisects_and_reads_the_slope_over_a_wide_baseline()
     # Adjacent counts that wiggle must not set the next block's jump: 199 and 200 alone would give a
     # slope of -4; the slope comes from counts at least 5% away (190 and 210) instead.
     wiggly = {100: 0.20, 190: 0.02, 199: 0.01, 200: -0.01, 201: 0.0, 210: -0.05, 400: -0.7}
-    from elastictok.search import local_slope
+    from elastictok.coding.search import local_slope
 
     slope = local_slope(wiggly, 200)
     assert slope == pytest.approx((wiggly[210] - wiggly[190]) / np.log(210 / 190))
@@ -127,7 +129,7 @@ def test_bad_ranges_and_names():
 
 def _parity_model(tmp_path, kind):
     from elastictok import ElasticTok
-    from elastictok.cli import main
+    from elastictok.app.cli import main
 
     parity = need_dir(PARITY, "the official parity fixtures")
     assert main(["convert-official", str(parity / f"params_{kind}.msgpack"), "--config", str(parity / "configs.json"),
@@ -169,7 +171,7 @@ def test_adaptive_encode_meets_target_and_matches_decode(preset, search):
     # A threshold in the middle of this random model's range, so counts vary.
     full_mse = block_mse(m.patchify(m.decode(m.encode(video))), m.patchify(video), m.config.tokens_per_block())
     target = Target("mse", float(full_mse.mean()) * 1.02)
-    result = encode_adaptive(m, video, target, search=search)
+    result = encode_adaptive(m, video, CodingOptions(target=target, search=search))
     counts = result.tokens.counts[0].tolist()
     for c, choice in zip(counts, result.choices[0]):
         assert choice.count == c
@@ -182,7 +184,7 @@ def test_adaptive_encode_meets_target_and_matches_decode(preset, search):
 def test_adaptive_encode_records_its_context_window(window):
     m = tiny("tiny-fsq", max_context_blocks=2)  # trained on 2-block clips: 1 earlier block by default
     video = random_video(batch=1, frames=16, seed=3) * 0.3  # 4 blocks
-    result = encode_adaptive(m, video, Target("mse", 0.05), context_blocks=window)
+    result = encode_adaptive(m, video, CodingOptions(target=Target("mse", 0.05), context_blocks=window))
     assert result.tokens.context_blocks == (window or 1)
     torch.testing.assert_close(result.recon, m.decode(result.tokens), rtol=0, atol=1e-5)
 
@@ -191,7 +193,7 @@ def test_searches_pick_the_same_counts_on_a_model():
     m = tiny("tiny-fsq")
     video = random_video(batch=1, frames=8, seed=1) * 0.3
     target = Target("psnr", 10.7)
-    picks = {s: encode_adaptive(m, video, target, search=s) for s in ["fast", "binary", "full"]}
+    picks = {s: encode_adaptive(m, video, CodingOptions(target=target, search=s)) for s in ["fast", "binary", "full"]}
     # Random-weight models are not monotone in the count, so only full search is exact; the others
     # must still return counts that meet the target or fall back to the maximum.
     for s, r in picks.items():
@@ -202,21 +204,21 @@ def test_searches_pick_the_same_counts_on_a_model():
 def test_fixed_count_and_caps():
     m = tiny("tiny-fsq")
     video = random_video(batch=2, frames=8)
-    r = encode_adaptive(m, video, num_tokens=9)
+    r = encode_adaptive(m, video, CodingOptions(num_tokens=9))
     assert torch.equal(r.tokens.counts, torch.full((2, 2), 9))
     assert torch.equal(r.tokens.values, m.encode(video, 9).values)
-    capped = encode_adaptive(m, video, Target("mse", 1e-9), min_tokens=5, max_tokens=20)
+    capped = encode_adaptive(m, video, CodingOptions(target=Target("mse", 1e-9), min_tokens=5, max_tokens=20))
     assert capped.tokens.counts.max() <= 20  # nothing meets the target: fall back to the cap
-    easy = encode_adaptive(m, video, Target("mse", 4.0), min_tokens=5, max_tokens=20)
+    easy = encode_adaptive(m, video, CodingOptions(target=Target("mse", 4.0), min_tokens=5, max_tokens=20))
     assert easy.tokens.counts.min() == 5
     with pytest.raises(ValueError, match="min tokens"):
-        encode_adaptive(m, video, min_tokens=30, max_tokens=20)
+        encode_adaptive(m, video, CodingOptions(min_tokens=30, max_tokens=20))
 
 
 def test_unconditioned_model_encodes_once_per_block():
     m = tiny("tiny-fsq", encoder_conditioning="none")
     video = random_video(batch=1, frames=8) * 0.3
-    r = encode_adaptive(m, video, Target("mse", 0.05), search="binary")
+    r = encode_adaptive(m, video, CodingOptions(target=Target("mse", 0.05), search="binary"))
     torch.testing.assert_close(r.recon, m.decode(r.tokens), rtol=0, atol=1e-5)
 
 
@@ -224,7 +226,7 @@ def test_unconditioned_model_encodes_once_per_block():
 def test_other_metrics(metric):
     m = tiny("tiny-axial")
     video = random_video(batch=1, frames=4, size=(32, 32)) * 0.2
-    r = encode_adaptive(m, video, Target(metric))
+    r = encode_adaptive(m, video, CodingOptions(target=Target(metric)))
     assert len(r.choices[0]) == 1
 
 
@@ -237,9 +239,9 @@ def test_binary_matches_the_official_search_results(tmp_path, kind):
     video = model.unpatchify(x, 12, model.config.frame_size)
     target = Target("mse", float(np.float32(ref["threshold"])))
     lo = model.config.min_tokens()
-    same_range = encode_adaptive(model, video, target, search="binary", min_tokens=lo + 2)
+    same_range = encode_adaptive(model, video, CodingOptions(target=target, search="binary", min_tokens=lo + 2))
     assert same_range.tokens.counts.tolist() == ref["kept_counts"].tolist()
-    fixed = encode_adaptive(model, video, target, search="binary")
+    fixed = encode_adaptive(model, video, CodingOptions(target=target, search="binary"))
     lower = fixed.tokens.counts < torch.from_numpy(ref["kept_counts"])
     assert torch.all(fixed.tokens.counts[lower] == lo)  # only where the minimum itself passes
 
@@ -264,19 +266,19 @@ def test_speculation_through_the_model_matches_binary_in_fewer_passes():
         m = tiny("tiny-fsq", encoder_conditioning=conditioning)
         video = random_video(batch=1, frames=8, seed=3) * 0.3
         target = Target("mse", 0.05)
-        ref = encode_adaptive(m, video, target, search="binary")
-        spec = encode_adaptive(m, video, target, search="fast", speculation=3)
+        ref = encode_adaptive(m, video, CodingOptions(target=target, search="binary"))
+        spec = encode_adaptive(m, video, CodingOptions(target=target, search="fast", speculation=3))
         assert torch.equal(spec.tokens.counts, ref.tokens.counts), conditioning
         assert spec.passes < ref.passes <= spec.evaluations
         torch.testing.assert_close(spec.recon, m.decode(spec.tokens), rtol=0, atol=1e-5)
         # On a CPU the depth is 1 without timing anything: batches cost as much as their candidates.
-        assert encode_adaptive(m, video, target).passes == encode_adaptive(m, video, target).evaluations
+        assert encode_adaptive(m, video, CodingOptions(target=target)).passes == encode_adaptive(m, video, CodingOptions(target=target)).evaluations
     with pytest.raises(ValueError, match="speculation depth"):
-        encode_adaptive(m, video, target, speculation=0)
+        encode_adaptive(m, video, CodingOptions(target=target, speculation=0))
 
 
 def test_speculation_backs_off_when_copies_of_the_past_would_not_fit():
-    from elastictok.adaptive import affordable_depth, past_bytes
+    from elastictok.coding.coder import affordable_depth, past_bytes
 
     assert affordable_depth(4, past_bytes=0, free_bytes=0) == 4  # no past yet: nothing is copied
     assert affordable_depth(4, past_bytes=1 << 20, free_bytes=56 << 20) == 4  # 14 copies of 1 MiB <= 14 MiB
@@ -292,7 +294,7 @@ def test_speculation_backs_off_when_copies_of_the_past_would_not_fit():
 
 
 def test_speculation_depth_is_the_cheapest_per_level():
-    from elastictok.adaptive import best_depth
+    from elastictok.coding.coder import best_depth
 
     tried = []
 

@@ -7,11 +7,15 @@ import dataclasses
 import pytest
 import torch
 
-from elastictok.adaptive import Target, encode_adaptive
-from elastictok.filecoding import Coding, Source, decode_file, decode_frames, encode_file
-from elastictok.ratecontrol import allocate
-from elastictok.streaming import blocks_of, code_blocks, decode_blocks, frames_of
-from elastictok.tokenfile import open_token_file
+from elastictok.coding.adaptive import encode_adaptive
+from elastictok.coding.options import CodingOptions
+from elastictok.coding.target import Target
+from elastictok.coding.options import DEFAULT_CUT_THRESHOLD, CodingOptions
+from elastictok.files.coding import decode_file, decode_frames, encode_file
+from elastictok.files.source import Source
+from elastictok.coding.ratecontrol import allocate
+from elastictok.coding.streaming import blocks_of, code_blocks, decode_blocks, frames_of
+from elastictok.tokenfile.format import open_token_file
 
 from helpers import random_video, tiny
 
@@ -33,9 +37,8 @@ def as_blocks(video: torch.Tensor, fpb: int):
 def test_streaming_equals_whole_video_when_the_window_covers_it():
     m = tiny("tiny-fsq")
     video = smooth_clip(16)
-    whole = encode_adaptive(m, video, Target("mse", 0.2), search="binary")
-    streamed = list(code_blocks(m, as_blocks(video, 4), target=Target("mse", 0.2), search="binary",
-                                context_blocks=4, cut_threshold=None))
+    whole = encode_adaptive(m, video, CodingOptions(target=Target("mse", 0.2), search="binary"))
+    streamed = list(code_blocks(m, as_blocks(video, 4), CodingOptions(target=Target("mse", 0.2), search="binary", context_blocks=4, cut_threshold=None)))
     assert [cb.count for cb in streamed] == whole.tokens.counts[0].tolist()
     assert torch.equal(torch.cat([cb.recon for cb in streamed], 2), whole.recon)
 
@@ -43,13 +46,13 @@ def test_streaming_equals_whole_video_when_the_window_covers_it():
 def test_small_window_codes_and_decodes_every_block():
     m = tiny("tiny-fsq")
     video = smooth_clip(40)
-    coded = list(code_blocks(m, as_blocks(video, 4), counts=20, context_blocks=2, cut_threshold=None))
+    coded = list(code_blocks(m, as_blocks(video, 4), CodingOptions(num_tokens=20, context_blocks=2, cut_threshold=None)))
     assert len(coded) == 10
     recon = list(decode_blocks(m, (cb.codes for cb in coded), (32, 32), context_blocks=2))
     for a, b in zip(coded, recon):
         assert torch.equal(a.recon, b)
     # With a window the context differs from full attention, so later blocks differ from it.
-    full = list(code_blocks(m, as_blocks(video, 4), counts=20, cut_threshold=None))
+    full = list(code_blocks(m, as_blocks(video, 4), CodingOptions(num_tokens=20, cut_threshold=None)))
     assert torch.equal(full[1].recon, coded[1].recon) and not torch.equal(full[5].recon, coded[5].recon)
 
 
@@ -63,12 +66,12 @@ def test_scene_cut_resets_context_and_decoding_from_the_keyframe_matches(tmp_pat
     a, b = smooth_clip(12, seed=0), -smooth_clip(9, seed=5)  # a hard cut after frame 12
     video = torch.cat([a, b], 2)
     src = tmp_path / "cut.mp4"
-    from elastictok import io
+    from elastictok.media import io
 
     io.save_video(video[0], src, 8.0, crf=0)
     source = Source.open(src, m, resolution=32)
     etok = tmp_path / "cut.etok"
-    stats = encode_file(m, source, etok, Coding(num_tokens=30))
+    stats = encode_file(m, source, etok, CodingOptions(num_tokens=30, cut_threshold=DEFAULT_CUT_THRESHOLD))
     assert stats["keyframes"] == [0, 3] and stats["frames"] == 21
     with open_token_file(etok) as f:
         assert f.keyframes == [0, 3] and f.num_frames == 21
@@ -86,7 +89,7 @@ def test_scene_cut_resets_context_and_decoding_from_the_keyframe_matches(tmp_pat
 
 def test_keyframe_interval():
     m = tiny("tiny-fsq")
-    coded = list(code_blocks(m, as_blocks(smooth_clip(24), 4), counts=8, keyframe_interval=2, cut_threshold=None))
+    coded = list(code_blocks(m, as_blocks(smooth_clip(24), 4), CodingOptions(num_tokens=8, keyframe_interval=2, cut_threshold=None)))
     assert [cb.keyframe for cb in coded] == [True, False] * 3
 
 
@@ -94,7 +97,7 @@ def test_library_tokens_record_keyframes_so_decode_matches():
     m = tiny("tiny-fsq")
     cut = torch.cat((smooth_clip(12, seed=0), -smooth_clip(12, seed=5)), 2)  # a hard cut at block 3
     video = torch.cat((cut, smooth_clip(24, seed=1)))  # (2, 3, 24, 32, 32): only the first has a cut
-    result = encode_adaptive(m, video, Target("mse", 0.2), cut_threshold=0.3)
+    result = encode_adaptive(m, video, CodingOptions(target=Target("mse", 0.2), cut_threshold=0.3))
     keys = result.tokens.keyframes
     assert keys.tolist() == [[True, False, False, True, False, False], [True] + [False] * 5]
     torch.testing.assert_close(result.recon, m.decode(result.tokens), rtol=0, atol=1e-5)
@@ -105,7 +108,7 @@ def test_library_tokens_record_keyframes_so_decode_matches():
     ignored = dataclasses.replace(one, keyframes=None)
     assert not torch.allclose(m.decode(ignored)[:, :, 12:], result.recon[:1, :, 12:], atol=1e-3)
     # Keyframe-free tokens keep the plain layout.
-    assert encode_adaptive(m, video, Target("mse", 0.2), cut_threshold=None).tokens.keyframes is None
+    assert encode_adaptive(m, video, CodingOptions(target=Target("mse", 0.2), cut_threshold=None)).tokens.keyframes is None
 
 
 def test_allocation_respects_budget_and_beats_uniform_on_its_curves():
@@ -128,32 +131,32 @@ def test_allocation_respects_budget_and_beats_uniform_on_its_curves():
 
 def test_budget_is_never_exceeded_and_caps_hold(tmp_path):
     m = tiny("tiny-axial")
-    from elastictok import io
+    from elastictok.media import io
 
     src = tmp_path / "clip.mp4"
     io.save_video(torch.cat([smooth_clip(12), random_video(1, 8, seed=2) * 0.5], 2)[0], src, 8.0)
     source = Source.open(src, m, resolution=32)
     for budget in [10, 25.5]:
-        stats = encode_file(m, source, tmp_path / "b.etok", Coding(budget=budget, min_tokens=4, max_tokens=40))
+        stats = encode_file(m, source, tmp_path / "b.etok", CodingOptions(budget=budget, min_tokens=4, max_tokens=40, cut_threshold=DEFAULT_CUT_THRESHOLD))
         counts = [b["tokens"] for b in stats["blocks"]]
         assert sum(counts) / len(counts) <= budget
         assert all(4 <= c <= 40 for c in counts)
         assert stats["rate_control"]["allocation"] == counts
-    stats = encode_file(m, source, tmp_path / "q.etok", Coding(target=Target("mse", 1e-9), min_tokens=4, max_tokens=12))
+    stats = encode_file(m, source, tmp_path / "q.etok", CodingOptions(target=Target("mse", 1e-9), min_tokens=4, max_tokens=12, cut_threshold=DEFAULT_CUT_THRESHOLD))
     assert max(b["tokens"] for b in stats["blocks"]) <= 12
 
 
 def test_budget_allocation_is_checked_against_uniform(tmp_path):
     m = tiny("tiny-axial", max_context_blocks=2)
-    from elastictok import io
+    from elastictok.media import io
 
     src = tmp_path / "clip.mp4"
     io.save_video(torch.cat([smooth_clip(12), random_video(1, 12, seed=2) * 0.5], 2)[0], src, 8.0)
     source = Source.open(src, m, resolution=32)
     checked = 0
     for budget in [6, 10, 16, 25]:
-        stats = encode_file(m, source, tmp_path / "b.etok", Coding(budget=budget))
-        uniform = encode_file(m, source, tmp_path / "u.etok", Coding(num_tokens=budget))
+        stats = encode_file(m, source, tmp_path / "b.etok", CodingOptions(budget=budget, cut_threshold=DEFAULT_CUT_THRESHOLD))
+        uniform = encode_file(m, source, tmp_path / "u.etok", CodingOptions(num_tokens=budget, cut_threshold=DEFAULT_CUT_THRESHOLD))
         psnr = sum(b["psnr"] for b in stats["blocks"]) / len(stats["blocks"])
         psnr_uniform = sum(b["psnr"] for b in uniform["blocks"]) / len(uniform["blocks"])
         assert psnr >= psnr_uniform - 1e-6, budget  # never worse than the same count everywhere
@@ -167,7 +170,7 @@ def test_budget_allocation_is_checked_against_uniform(tmp_path):
 
 
 def test_checked_allocation_falls_back_to_uniform_when_coding_it_did_worse():
-    from elastictok.ratecontrol import checked
+    from elastictok.coding.ratecontrol import checked
 
     curves = [{8: 0.02, 16: 0.01}, {8: 0.04, 16: 0.01}]  # measured with earlier blocks at 16 (uniform)
     allocation = [8, 24]
@@ -181,7 +184,7 @@ def test_checked_allocation_falls_back_to_uniform_when_coding_it_did_worse():
 
 def test_killed_encode_leaves_no_partial_file(tmp_path):
     m = tiny("tiny-axial")
-    from elastictok import io
+    from elastictok.media import io
 
     src = tmp_path / "clip.mp4"
     io.save_video(smooth_clip(16)[0], src, 8.0)
@@ -193,7 +196,7 @@ def test_killed_encode_leaves_no_partial_file(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        encode_file(m, source, out, Coding(num_tokens=10), on_block=interrupt)
+        encode_file(m, source, out, CodingOptions(num_tokens=10, cut_threshold=DEFAULT_CUT_THRESHOLD), on_block=interrupt)
     assert not out.exists() and not list(tmp_path.glob(".k.etok*"))
 
 
@@ -203,11 +206,11 @@ def test_files_default_to_the_trained_context_window_and_decode_with_it(tmp_path
     m = tiny("tiny-axial", max_context_blocks=2)
     video = smooth_clip(20, seed=2)  # 5 blocks
     src = tmp_path / "long.mp4"
-    from elastictok import io
+    from elastictok.media import io
 
     io.save_video(video[0], src, 8.0, crf=0)
     coded = []
-    stats = encode_file(m, Source.open(src, m, resolution=32), tmp_path / "w.etok", Coding(num_tokens=30, cut_threshold=None),
+    stats = encode_file(m, Source.open(src, m, resolution=32), tmp_path / "w.etok", CodingOptions(num_tokens=30, cut_threshold=None),
                         on_block=coded.append)
     assert stats["settings"]["context_blocks"] == 1
     with open_token_file(tmp_path / "w.etok") as f:
@@ -217,8 +220,7 @@ def test_files_default_to_the_trained_context_window_and_decode_with_it(tmp_path
     for x, y in zip(frames, expected):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
     # The window matters past block 2: all earlier blocks give other reconstructions there.
-    everything = list(code_blocks(m, as_blocks(video, 4), counts=30,
-                                  cut_threshold=None))
-    windowed = list(code_blocks(m, as_blocks(video, 4), counts=30, context_blocks=1, cut_threshold=None))
+    everything = list(code_blocks(m, as_blocks(video, 4), CodingOptions(num_tokens=30, cut_threshold=None)))
+    windowed = list(code_blocks(m, as_blocks(video, 4), CodingOptions(num_tokens=30, context_blocks=1, cut_threshold=None)))
     assert torch.equal(everything[1].recon, windowed[1].recon)
     assert not torch.equal(everything[4].recon, windowed[4].recon)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import random_video, tiny
 
-from elastictok.tokenfile import (
+from elastictok.tokenfile.format import (
     FORMAT_VERSION,
     TokenFile,
     TokenFileError,
@@ -25,7 +25,7 @@ from elastictok.tokenfile import (
     unpack_bits,
     write_tokens,
 )
-from elastictok.tokens import Tokens
+from elastictok.model.tokens import Tokens
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +138,11 @@ def test_context_window_travels_with_the_file(fsq, tmp_path):
 
 
 def test_keyframes_travel_with_the_file(fsq, tmp_path):
-    from elastictok.adaptive import Target, encode_adaptive
+    from elastictok.coding.adaptive import encode_adaptive
+    from elastictok.coding.options import CodingOptions
+    from elastictok.coding.target import Target
 
-    result = encode_adaptive(fsq, random_video(1, 20) * 0.3, Target("mse", 0.05), keyframe_interval=2)
+    result = encode_adaptive(fsq, random_video(1, 20) * 0.3, CodingOptions(target=Target("mse", 0.05), keyframe_interval=2))
     tokens = result.tokens
     path = write_tokens(tmp_path / "k.etok", tokens, fsq)
     with open_token_file(path) as f:

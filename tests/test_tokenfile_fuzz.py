@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import random_video, tiny
 
-from elastictok.tokenfile import TokenFileError, open_token_file, write_tokens
+from elastictok.tokenfile.format import TokenFileError, open_token_file, write_tokens
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402

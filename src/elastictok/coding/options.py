@@ -1,0 +1,115 @@
+"""How to code a video: one frozen options object, validated once, taken by every coding call."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from elastictok.coding.search import SEARCHES
+from elastictok.coding.target import Target
+from elastictok.model.config import ElasticTokConfig
+from elastictok.model.tokens import is_context_window
+
+# Mean absolute change in [-1, 1] pixels between the last frame of a block and the first of the next
+# that counts as a hard cut (about 38 grey levels); continuous footage stays far below it.
+DEFAULT_CUT_THRESHOLD = 0.3
+# What rate control minimises per block: minus PSNR (maximising mean PSNR) or MSE.
+OBJECTIVES = ("psnr", "mse")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class CodingOptions:
+    """How each block's token count is chosen, and what context it is coded against.
+
+    The count comes from one of three modes: a search for the fewest tokens meeting ``target`` (the
+    default), a fixed ``num_tokens`` in every block, or an average ``budget`` of tokens per block
+    spread over the video by rate control. ``min_tokens`` / ``max_tokens`` cap the search and the
+    budget (default: the model's minimum and every token). ``context_blocks`` bounds how many earlier
+    blocks each block attends to (default: as many as the model saw in training). A keyframe resets
+    the context every ``keyframe_interval`` blocks or where the mean pixel change across a block
+    boundary exceeds ``cut_threshold`` (None: no cut detection). ``speculation`` is how many levels
+    of the ``fast`` search are scored per batched pass (None: measured on a GPU, 1 elsewhere).
+    """
+
+    target: Target = field(default_factory=Target)
+    search: str = "fast"
+    num_tokens: int | None = None
+    budget: float | None = None
+    budget_objective: str = "psnr"
+    min_tokens: int | None = None
+    max_tokens: int | None = None
+    context_blocks: int | None = None
+    keyframe_interval: int | None = None
+    cut_threshold: float | None = None
+    speculation: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, Target):
+            raise TypeError(f"expected target to be a Target, got {type(self.target).__name__}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"unknown search {self.search!r}; expected one of {SEARCHES}")
+        if self.num_tokens is not None and self.budget is not None:
+            raise ValueError("give either --num-tokens or --budget, not both")
+        if self.num_tokens is not None and not (_is_int(self.num_tokens) and self.num_tokens >= 1):
+            raise ValueError(f"expected --num-tokens to be an int >= 1, got {self.num_tokens!r}")
+        if self.budget is not None and not (math.isfinite(self.budget) and self.budget > 0):
+            raise ValueError(f"expected --budget to be a positive number of tokens per block, got {self.budget!r}")
+        if self.budget_objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.budget_objective!r}; expected one of {OBJECTIVES}")
+        for name in ("min_tokens", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and not (_is_int(value) and value >= 1):
+                raise ValueError(f"expected --{name.replace('_', '-')} to be an int >= 1, got {value!r}")
+        if self.min_tokens is not None and self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"expected 1 <= min tokens ({self.min_tokens}) <= max tokens ({self.max_tokens})")
+        if not is_context_window(self.context_blocks):
+            raise ValueError(f"expected context_blocks >= 1, got {self.context_blocks}")
+        if self.keyframe_interval is not None and not (_is_int(self.keyframe_interval) and self.keyframe_interval >= 1):
+            raise ValueError(f"expected keyframe_interval >= 1, got {self.keyframe_interval}")
+        if self.cut_threshold is not None and not (math.isfinite(self.cut_threshold) and self.cut_threshold >= 0):
+            raise ValueError(f"expected --cut-threshold to be a finite number >= 0, got {self.cut_threshold!r}")
+        if self.speculation is not None and not (_is_int(self.speculation) and 1 <= self.speculation <= 8):
+            raise ValueError(f"expected a speculation depth in [1, 8], got {self.speculation}")
+
+    @property
+    def mode(self) -> str:
+        """"adaptive" (search each block), "fixed" (num_tokens everywhere) or "budget" (rate control)."""
+        if self.budget is not None:
+            return "budget"
+        return "adaptive" if self.num_tokens is None else "fixed"
+
+    def bounds(self, config: ElasticTokConfig, frame_size: tuple[int, int]) -> tuple[int, int, int]:
+        """(lo, hi, T) for this frame size, refusing settings the model cannot meet there."""
+        lo, hi, T = config.token_bounds(frame_size, self.min_tokens, self.max_tokens)
+        if self.num_tokens is not None and not 1 <= self.num_tokens <= T:
+            raise ValueError(f"expected --num-tokens in [1, {T}], got {self.num_tokens}")
+        if self.budget is not None and self.budget < lo:
+            raise ValueError(f"a budget of {self.budget} tokens per block is below the minimum of {lo}")
+        return lo, hi, T
+
+    def for_model(self, config: ElasticTokConfig) -> CodingOptions:
+        """These options with the model's trained context window filled in when none was given, so a
+        token file records the number it was coded with whatever the defaults become."""
+        return replace(self, context_blocks=config.context_window(self.context_blocks))
+
+    def replace(self, **changes: Any) -> CodingOptions:
+        return replace(self, **changes)
+
+    def settings(self) -> dict[str, Any]:
+        """The options as recorded in ``stats.json`` and ``.etok`` headers."""
+        if self.mode == "budget":
+            mode: dict[str, Any] = {"mode": "budget", "budget": self.budget, "objective": self.budget_objective}
+        elif self.mode == "fixed":
+            mode = {"mode": "fixed", "num_tokens": self.num_tokens}
+        else:
+            mode = {"mode": "adaptive", "metric": self.target.metric, "threshold": self.target.threshold,
+                    "search": self.search}
+        return mode | {
+            "min_tokens": self.min_tokens, "max_tokens": self.max_tokens, "context_blocks": self.context_blocks,
+            "keyframe_interval": self.keyframe_interval, "cut_threshold": self.cut_threshold,
+        }
