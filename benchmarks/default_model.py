@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from elastictok.coding.adaptive import encode_adaptive
-from elastictok.coding.target import Target
 from elastictok.coding.options import DEFAULT_CUT_THRESHOLD, CodingOptions
+from elastictok.coding.target import Target
 from elastictok.files.coding import encode_file
 from elastictok.files.source import Source
 from elastictok.metrics.pixel import mse_to_psnr

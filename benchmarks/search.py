@@ -26,11 +26,11 @@ import torch
 from elastictok.coding.adaptive import encode_adaptive
 from elastictok.coding.coder import BlockCoder
 from elastictok.coding.options import CodingOptions
-from elastictok.coding.target import BlockScorer, Target
-from elastictok.metrics.pixel import block_mse
-from elastictok.files.source import load_input
-from elastictok.weights.pretrained import load_default_model, load_pretrained
 from elastictok.coding.search import Probe, official_binary, run_search
+from elastictok.coding.target import BlockScorer, Target
+from elastictok.files.source import load_input
+from elastictok.metrics.pixel import block_mse
+from elastictok.weights.pretrained import load_default_model, load_pretrained
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "dev" / "sam2"
 

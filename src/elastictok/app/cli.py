@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from elastictok.app.demo import launch
 from elastictok.coding.options import DEFAULT_CUT_THRESHOLD, CodingOptions
 from elastictok.coding.search import SEARCHES
 from elastictok.coding.target import METRICS, Target
@@ -24,8 +25,8 @@ from elastictok.media.samples import sample_image_path, write_sample_clip
 from elastictok.metrics.i3d import import_i3d_weights
 from elastictok.metrics.lpips import import_lpips_weights
 from elastictok.tokenfile.format import open_token_file
+from elastictok.train import TrainConfig, TrainingDiverged, export_pretrained, train
 from elastictok.train.data import pack_dataset
-from elastictok.train.loop import TrainConfig, TrainingDiverged, export_pretrained, train
 from elastictok.weights.official import convert_official_checkpoint, load_official_config
 from elastictok.weights.pretrained import load_default_model, load_pretrained
 
@@ -87,8 +88,9 @@ def cmd_reconstruct(args) -> int:
 
 
 def _coding(args) -> CodingOptions:
+    given = args.metric is not None or args.threshold is not None  # else the model's declared target
     return CodingOptions(
-        target=Target(args.metric, args.threshold), search=args.search, num_tokens=args.num_tokens,
+        target=Target(args.metric or "mse", args.threshold) if given else None, search=args.search, num_tokens=args.num_tokens,
         budget=args.budget, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
         context_blocks=args.context_blocks, keyframe_interval=args.keyframe_interval,
         cut_threshold=None if args.no_scene_cuts else args.cut_threshold,
@@ -115,8 +117,10 @@ def _progress(source, name, frames_per_block: int):
 
 
 def _add_coding_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metric", choices=METRICS, default="mse", help="quality target metric (default mse)")
-    p.add_argument("--threshold", type=float, help="target value (defaults: mse 0.003, psnr 31.25, ssim 0.9, lpips 0.1)")
+    p.add_argument("--metric", choices=METRICS,
+                   help="quality target metric (default: the model's declared target, else mse 0.003)")
+    p.add_argument("--threshold", type=float,
+                   help="target value (defaults per metric: mse 0.003, psnr 31.25, ssim 0.9, lpips 0.1)")
     p.add_argument("--num-tokens", type=int, help="keep this many tokens in every block instead of searching")
     p.add_argument("--search", choices=SEARCHES, default="fast", help="token-count search (default fast)")
     p.add_argument("--min-tokens", type=int, help="fewest tokens a block may get (default: the model's minimum)")

@@ -30,11 +30,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from PIL import Image, ImageDraw, ImageFont
 
 from elastictok.coding.options import CodingOptions
-from elastictok.coding.target import DEFAULT_THRESHOLDS, Target
+from elastictok.coding.target import DEFAULT_THRESHOLDS, Target, default_target
 from elastictok.files.coding import reconstruct_file
 from elastictok.files.source import Source
 from elastictok.media import io
@@ -407,6 +406,7 @@ def build_app(
     metrics = available_metrics()
     exts = sorted(io.IMAGE_EXTS | io.VIDEO_EXTS)
     patch = config.patch_size[1]
+    declared = default_target(config)
 
     with gr.Blocks(title="ElasticTok demo", analytics_enabled=False, delete_cache=(900, 3600)) as app:
         app.elastictok_runner = runner  # for tests and embedding
@@ -433,10 +433,10 @@ def build_app(
                     ]
                 with gr.Row():
                     metric = gr.Dropdown(
-                        metrics, value="mse", label="Quality metric", elem_id="metric",
+                        metrics, value=declared.metric if declared.metric in metrics else "mse", label="Quality metric", elem_id="metric",
                         info=None if "lpips" in metrics else "lpips appears once its weights are imported",
                     )
-                    threshold = gr.Number(value=DEFAULT_THRESHOLDS["mse"], label="Threshold per block",
+                    threshold = gr.Number(value=declared.threshold if declared.metric in metrics else DEFAULT_THRESHOLDS["mse"], label="Threshold per block",
                                           info="mse/lpips: at most; psnr (dB)/ssim: at least", elem_id="threshold")
                 budget = gr.Slider(1, 100, value=100, step=1, info="the search's --max-tokens cap", elem_id="budget",
                                    label="Token budget: most tokens per block (% of the block)")
@@ -469,7 +469,8 @@ def build_app(
                 stats = gr.JSON(label="stats.json", elem_id="stats")
 
         def on_metric(name: str):
-            return gr.update(value=DEFAULT_THRESHOLDS.get(name, 0.0))
+            same = name == declared.metric  # the model's own threshold for its declared metric
+            return gr.update(value=declared.threshold if same else DEFAULT_THRESHOLDS.get(name, 0.0))
 
         metric.change(on_metric, metric, threshold, queue=False, show_progress="hidden")
 

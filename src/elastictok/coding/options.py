@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from elastictok.coding.search import SEARCHES
-from elastictok.coding.target import Target
+from elastictok.coding.target import Target, default_target
 from elastictok.model.config import ElasticTokConfig
 from elastictok.model.tokens import is_context_window
 
@@ -27,7 +27,7 @@ class CodingOptions:
     """How each block's token count is chosen, and what context it is coded against.
 
     The count comes from one of three modes: a search for the fewest tokens meeting ``target`` (the
-    default), a fixed ``num_tokens`` in every block, or an average ``budget`` of tokens per block
+    default; None: the target the model declares, else the official block MSE 0.003), a fixed ``num_tokens`` in every block, or an average ``budget`` of tokens per block
     spread over the video by rate control. ``min_tokens`` / ``max_tokens`` cap the search and the
     budget (default: the model's minimum and every token). ``context_blocks`` bounds how many earlier
     blocks each block attends to (default: as many as the model saw in training). A keyframe resets
@@ -36,7 +36,7 @@ class CodingOptions:
     of the ``fast`` search are scored per batched pass (None: measured on a GPU, 1 elsewhere).
     """
 
-    target: Target = field(default_factory=Target)
+    target: Target | None = None
     search: str = "fast"
     num_tokens: int | None = None
     budget: float | None = None
@@ -49,7 +49,7 @@ class CodingOptions:
     speculation: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.target, Target):
+        if self.target is not None and not isinstance(self.target, Target):
             raise TypeError(f"expected target to be a Target, got {type(self.target).__name__}")
         if self.search not in SEARCHES:
             raise ValueError(f"unknown search {self.search!r}; expected one of {SEARCHES}")
@@ -93,9 +93,10 @@ class CodingOptions:
         return lo, hi, T
 
     def for_model(self, config: ElasticTokConfig) -> CodingOptions:
-        """These options with the model's trained context window filled in when none was given, so a
-        token file records the number it was coded with whatever the defaults become."""
-        return replace(self, context_blocks=config.context_window(self.context_blocks))
+        """These options with the model's defaults filled in where none was given (its declared target
+        and trained context window), so a token file records what it was coded with."""
+        return replace(self, target=self.target or default_target(config),
+                       context_blocks=config.context_window(self.context_blocks))
 
     def replace(self, **changes: Any) -> CodingOptions:
         return replace(self, **changes)
@@ -107,8 +108,8 @@ class CodingOptions:
         elif self.mode == "fixed":
             mode = {"mode": "fixed", "num_tokens": self.num_tokens}
         else:
-            mode = {"mode": "adaptive", "metric": self.target.metric, "threshold": self.target.threshold,
-                    "search": self.search}
+            target = self.target or Target()
+            mode = {"mode": "adaptive", "metric": target.metric, "threshold": target.threshold, "search": self.search}
         return mode | {
             "min_tokens": self.min_tokens, "max_tokens": self.max_tokens, "context_blocks": self.context_blocks,
             "keyframe_interval": self.keyframe_interval, "cut_threshold": self.cut_threshold,

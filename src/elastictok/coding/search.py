@@ -14,7 +14,8 @@ nothing meets the target they fall back to ``hi`` (every token), like the offici
   their signs, to aim at the crossing (ITP: secant steps in log(count) whose worst case stays one
   step from bisection), and stops once it holds a failing count right below a passing one. That is
   the same answer as ``binary`` whenever the margin is monotone, in about half the evaluations on
-  real videos. Without a guess (a video's first block) it bisects like ``binary``.
+  real videos. Without a guess (a video's first block) it first checks that every token meets the
+  target (one pass when nothing can), then bisects like ``binary``.
 - ``official``: the official ``inference_binary`` decision rule, quirks included, for parity checks.
 """
 
@@ -170,12 +171,15 @@ def fast(
     than ``n0`` steps beyond bisection of the bracket it found (Oliveira and Takahashi, 2021).
     """
     _check_range(lo, hi)
-    if start is None:
-        # Nothing to start from (a video's first block): bisect, so that the first block gets
-        # binary's count even where the curve is not monotone; a different first count would give
-        # every later block a different context to be coded against.
-        return binary(margin, lo, hi)
     probe = Probe(margin)
+    if start is None:
+        # Nothing to start from (a video's first block). Where even every token misses the target,
+        # one pass says so (a bisection would spend a dozen to end at hi anyway); otherwise bisect,
+        # so the first block gets binary's count even where the curve is not monotone.
+        if not probe(hi):
+            return hi, probe.evaluations
+        count, _ = binary(probe.value, lo, hi)
+        return count, probe.evaluations
     s = slope if slope is not None and slope < 0 else PRIOR_SLOPE
     # Invariant: every count <= a fails and b passes; lo - 1 and hi + 1 stand in until evaluated.
     a, b = lo - 1, hi + 1

@@ -21,7 +21,7 @@ import torch
 from elastictok.coding.coder import BlockCoder, depth_for_block, speculation_depth
 from elastictok.coding.options import CodingOptions
 from elastictok.coding.search import run_search
-from elastictok.coding.target import BlockScorer
+from elastictok.coding.target import BlockScorer, default_target
 from elastictok.metrics.pixel import mse_to_psnr
 from elastictok.model.autoencoder import ElasticTok, KVCache, StreamState
 
@@ -89,7 +89,7 @@ def code_blocks(
     options = options or CodingOptions()
     if options.mode == "budget" and counts is None:
         raise ValueError("a budget needs per-block counts: plan them with ratecontrol.plan_counts")
-    target, search, speculation = options.target, options.search, options.speculation
+    target, search, speculation = options.target or default_target(model.config), options.search, options.speculation
     fixed = counts is not None or options.num_tokens is not None
     per_block = None if counts is None else iter(counts)
     state, scorer, mse_scorer = None, None, None

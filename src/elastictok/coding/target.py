@@ -10,6 +10,7 @@ import torch
 from elastictok.metrics.lpips import LPIPS
 from elastictok.metrics.pixel import block_mse, mse_to_psnr, ssim
 from elastictok.model.autoencoder import ElasticTok
+from elastictok.model.config import ElasticTokConfig
 
 METRICS = ("mse", "psnr", "ssim", "lpips")
 DEFAULT_THRESHOLDS = {"mse": 0.003, "psnr": 31.25, "ssim": 0.9, "lpips": 0.1}
@@ -48,6 +49,11 @@ class Target:
         if self.metric == "ssim":
             return math.log(max(1 - value, 1e-12)) - math.log(max(1 - self.threshold, 1e-12))
         return math.log(max(value, 1e-12)) - math.log(max(self.threshold, 1e-12))
+
+
+def default_target(config: ElasticTokConfig) -> Target:
+    """The target a model declares it is meant to run at, else the official block MSE 0.003."""
+    return Target(*config.default_target) if config.default_target else Target()
 
 
 class BlockScorer:

@@ -149,10 +149,10 @@ def encode_h264(frames: np.ndarray, fps: float, target: int) -> CodecResult:
     return CodecResult("h264", target, len(data), crf, _decode_h264(data, frames.shape[1:3]))
 
 
-def _u8(video: Tensor) -> np.ndarray:
+def frames_u8(video: Tensor) -> np.ndarray:
     """(3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
     return media.to_uint8(video).permute(1, 2, 3, 0).contiguous().numpy()
 
 
-def _from_u8(frames: np.ndarray) -> Tensor:
+def from_frames_u8(frames: np.ndarray) -> Tensor:
     return media.to_unit(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from elastictok.eval.baseline import Baseline
-from elastictok.utils.files import write_text
 from elastictok.eval.curves import BUDGETS, adaptive_curve, baseline_curve, efficiency_gain, uniform_curve
-
+from elastictok.utils.files import write_text
 
 # Shares of blocks meeting the threshold at which gains are reported besides the headline one.
 GAIN_SHARES = (0.5, 0.8)

@@ -15,8 +15,6 @@ reconstructed 16-frame windows (non-overlapping, all items pooled; see :mod:`ela
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -30,7 +28,7 @@ from tqdm import tqdm
 from elastictok.coding.options import DEFAULT_CUT_THRESHOLD, CodingOptions
 from elastictok.coding.target import Target
 from elastictok.eval.baseline import Baseline
-from elastictok.eval.codecs import _from_u8, _u8, encode_h264, encode_jpeg, encode_webp
+from elastictok.eval.codecs import from_frames_u8, frames_u8, encode_h264, encode_jpeg, encode_webp
 from elastictok.eval.curves import BUDGETS, _count_at, grid_fractions
 from elastictok.eval.report import write_plots, write_summary
 from elastictok.eval.results import _codec_results, _Item, _quality_results, _token_share_results, write_results
@@ -85,7 +83,8 @@ def _block_mse(recon: Tensor, padded: Tensor, frames_per_block: int) -> np.ndarr
 
 
 def _to_8bit(x: Tensor) -> Tensor:
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+    """Pixels rounded to the 256 levels a saved file holds, so metrics see what a viewer sees."""
+    return media.to_unit(media.to_uint8(x))
 
 
 class FrameMetrics:
@@ -245,7 +244,7 @@ class _Evaluator:
             item.codecs[key] = self._codecs(video[0], item, size, key)
 
     def _codecs(self, ref: Tensor, item: _Item, target: int, key: str) -> dict[str, dict]:
-        frames = _u8(ref)
+        frames = frames_u8(ref)
         if self.kind == "image":
             results = [encode_jpeg(frames[0], target), encode_webp(frames[0], target)]
         else:
@@ -254,7 +253,7 @@ class _Evaluator:
         for r in results:
             out[r.codec] = {"target": r.target, "bytes": r.bytes, "bpp": self._bpp(r.bytes, item), "param": r.param,
                             "within_tolerance": r.within_tolerance,
-                            **self._score(f"{r.codec} {key}", ref, _from_u8(r.decoded[: item.frames]))}
+                            **self._score(f"{r.codec} {key}", ref, from_frames_u8(r.decoded[: item.frames]))}
         return out
 
     @staticmethod

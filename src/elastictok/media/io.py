@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from fractions import Fraction
 from itertools import islice
 from pathlib import Path
@@ -27,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
+
+from elastictok.utils.files import atomic_path
 
 if TYPE_CHECKING:
     import av
@@ -503,28 +504,6 @@ def load_media(
 # Writing
 
 
-@contextmanager
-def _atomic_target(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it over ``path``, else delete it."""
-    final = Path(path)
-    if not final.parent.is_dir():
-        raise MediaError(f"cannot write {str(path)!r}: directory {str(final.parent)!r} does not exist")
-    if final.is_dir():
-        raise MediaError(f"cannot write {str(path)!r}: it is a directory")
-    # Hidden, unique, and keeping the suffix so writers that sniff extensions still work. The
-    # writer creates the file itself, so it gets normal permissions (mkstemp would give 0600).
-    temp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.tmp{final.suffix}")
-    try:
-        yield temp
-        try:
-            os.replace(temp, final)
-        except OSError as exc:
-            raise MediaError(f"cannot write {str(path)!r}: {_one_line(exc)}") from exc
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
 def _hwc_u8(frame: object, what: str) -> np.ndarray:
     """A float ``(3, H, W)`` tensor in [-1, 1] -> contiguous uint8 (H, W, 3) numpy array."""
     if not isinstance(frame, Tensor):
@@ -551,7 +530,7 @@ def save_image(x: Tensor, path: PathLike) -> Path:
         raise MediaError(f"save_image expects one frame (3, 1, H, W), got {tuple(x.shape)}; use save_video")
     pixels = _hwc_u8(x, "save_image input")
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-    with _atomic_target(path) as temp:
+    with atomic_path(path, error=MediaError) as temp:
         try:
             Image.fromarray(pixels).save(temp, format=fmt, **options)
         except Exception as exc:  # Pillow encoders raise assorted types
@@ -677,7 +656,7 @@ def save_video(frames: Tensor | Iterable[Tensor], path: PathLike, fps: float, cr
     if not (isinstance(crf, int) and 0 <= crf <= 51):
         raise MediaError(f"cannot write {str(path)!r}: crf must be an int in [0, 51], got {crf!r}")
     pixels = _frames_u8(frames)
-    with _atomic_target(path) as temp:
+    with atomic_path(path, error=MediaError) as temp:
         if ext == ".gif":
             _encode_gif(pixels, temp, fps, path)
         else:

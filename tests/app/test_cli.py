@@ -10,15 +10,7 @@ import torch
 from elastictok import ElasticTok
 from elastictok.app.cli import main
 from elastictok.tokenfile.format import read_tokens
-
 from helpers import DATA, need_dir, tiny
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    tiny("tiny-axial").save_pretrained(path)
-    return path
 
 
 def _image():

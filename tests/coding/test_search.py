@@ -9,10 +9,18 @@ import torch
 
 from elastictok.coding.adaptive import encode_adaptive
 from elastictok.coding.options import CodingOptions
+from elastictok.coding.search import (
+    binary,
+    fast,
+    full,
+    grid,
+    grid_candidates,
+    official_binary,
+    run_search,
+    speculative_binary,
+)
 from elastictok.coding.target import Target
 from elastictok.metrics.pixel import block_mse
-from elastictok.coding.search import binary, fast, full, grid, grid_candidates, official_binary, run_search, speculative_binary
-
 from helpers import PARITY, need_dir, random_video, tiny
 
 
@@ -67,11 +75,19 @@ def test_fast_is_cheap_near_its_start_and_bounded_far_away():
     assert found.count == 1500 and found.evaluations <= 4
 
 
+def test_an_unreachable_target_costs_fast_one_pass():
+    never = lambda n: 1.0  # noqa: E731  every count misses the target
+    assert fast(never, 84, 1344) == (1344, 1)  # a first block: every token is checked first
+    assert fast(never, 84, 1344, start=1344) == (1344, 1)  # later blocks start from the last count
+    assert binary(never, 84, 1344)[1] > 10
+
+
 def test_fast_without_a_start_bisects_and_reads_the_slope_over_a_wide_baseline():
     # A first block gets binary's count even on a curve that is not monotone.
     wiggle = np.random.default_rng(0).normal(0, 0.3, 1400)
     margin = lambda n: 1.3 * (np.log(699.5) - np.log(n)) + wiggle[n]  # noqa: E731
-    assert fast(margin, 84, 1344) == binary(margin, 84, 1344)
+    count, evaluations = binary(margin, 84, 1344)
+    assert fast(margin, 84, 1344) == (count, evaluations + 1)  # + the check that every token passes
     # Adjacent counts that wiggle must not set the next block's jump: 199 and 200 alone would give a
     # slope of -4; the slope comes from counts at least 5% away (190 and 210) instead.
     wiggly = {100: 0.20, 190: 0.02, 199: 0.01, 200: -0.01, 201: 0.0, 210: -0.05, 400: -0.7}

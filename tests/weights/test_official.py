@@ -21,8 +21,7 @@ from elastictok.weights.official import (
     official_to_state_dict,
     read_official_params,
 )
-
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
+from helpers import PARITY
 
 pytestmark = pytest.mark.skipif(
     not PARITY.is_dir(), reason="../shared/parity not found: parity fixtures are not available on this machine"
@@ -252,3 +251,17 @@ def test_unsupported_dtype(tmp_path: Path) -> None:
     payload = msgpack.packb(msgpack.ExtType(1, array), use_bin_type=True)
     path = _write_stream(tmp_path / "int.msgpack", [[["encoder", "ln_f", "kernel"], payload]])
     _raises(read_official_params, path, match="'int32'")
+
+
+def test_damaged_weights_are_refused_by_their_checksum(tmp_path):
+    from elastictok import ElasticTok, ElasticTokConfig
+
+    directory = ElasticTok(ElasticTokConfig.from_preset("tiny-fsq")).save_pretrained(tmp_path / "m")
+    ElasticTok.from_pretrained(directory)  # intact: loads
+    weights = directory / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(255 - b for b in data[middle : middle + 64])  # still a valid file
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match the checksum"):
+        ElasticTok.from_pretrained(directory)

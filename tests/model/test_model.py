@@ -5,7 +5,6 @@ import torch
 
 from elastictok import ElasticTok, ElasticTokConfig, Tokens
 from elastictok.model.bottleneck import FSQ, GaussianBottleneck
-
 from helpers import random_video, tiny
 
 ALL_TINY = ["tiny-fsq", "tiny-vae", "tiny-axial"]
@@ -281,3 +280,28 @@ def test_decode_rejects_foreign_tokens():
     fsq_tokens = tiny("tiny-fsq").encode(random_video(), 4)
     with pytest.raises(ValueError, match="fsq tokens but the model has a vae"):
         tiny("tiny-vae").decode(fsq_tokens)
+
+
+def test_out_of_range_fsq_indices_are_refused_by_tokens_and_decode():
+    m = tiny("tiny-fsq")
+    tokens = m.encode(random_video(1, 4), num_tokens=5)
+    values = tokens.values.clone()
+    values[0, 0, 0] = -1
+    with pytest.raises(ValueError, match="FSQ indices >= 0"):
+        Tokens(tokens.counts, values, "fsq", tokens.num_frames, tokens.frame_size)
+    values[0, 0, 0] = m.config.codebook_size  # one past the codebook: would wrap around silently
+    bad = Tokens(tokens.counts, values, "fsq", tokens.num_frames, tokens.frame_size, tokens.context_blocks)
+    with pytest.raises(ValueError, match="below the codebook size"):
+        m.decode(bad)
+    values[0, 0, 0] = 0
+    values[0, 0, 10] = 10**6  # past the kept count: padding, never read
+    m.decode(Tokens(tokens.counts, values, "fsq", tokens.num_frames, tokens.frame_size, tokens.context_blocks))
+
+
+def test_non_finite_vae_latents_are_refused():
+    m = tiny("tiny-vae")
+    tokens = m.encode(random_video(1, 4), num_tokens=5)
+    values = tokens.values.clone()
+    values[0, 0, 1, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite VAE latents"):
+        Tokens(tokens.counts, values, "vae", tokens.num_frames, tokens.frame_size)

@@ -9,7 +9,6 @@ import torch
 from elastictok import ElasticTok
 from elastictok.app.cli import main as cli_main
 from elastictok.metrics.pixel import block_mse
-
 from helpers import PARITY, need_dir
 
 ATOL = 1e-5  # the fixtures' README: float32 ports agree to ~1e-6

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_video, tiny
 
 from elastictok.tokenfile.format import TokenFileError, open_token_file, write_tokens
+from helpers import random_video, tiny
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402

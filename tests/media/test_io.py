@@ -30,10 +30,10 @@ from elastictok.media.io import (
     video_info,
 )
 from elastictok.media.samples import sample_clip, sample_image, sample_image_path, write_sample_clip
+from helpers import DATA
 
 av = pytest.importorskip("av", reason="PyAV is needed for the video tests: pip install 'elastictok[video]'")
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _needs(path: Path) -> Path:

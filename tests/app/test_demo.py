@@ -27,10 +27,9 @@ import torch
 
 from elastictok.app.cli import build_parser
 from elastictok.app.demo import DemoError, DemoRunner, Limits, token_overlay
+from helpers import DATA, REPO, need_dir, tiny
 
-from helpers import DATA, need_dir, tiny
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 SCREENSHOT = ROOT / "docs" / "demo.png"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
