@@ -101,7 +101,8 @@ def main() -> None:
     counts, maxima = [], []
     for clip in clips:
         source = Source.open(clip, model, max_frames=args.frames)
-        stats = encode_file(model, source, "/tmp/_default_model_bench.etok", CodingOptions(target=Target("mse", 0.003), cut_threshold=DEFAULT_CUT_THRESHOLD))
+        stats = encode_file(model, source, "/tmp/_default_model_bench.etok",
+                            CodingOptions(target=Target("mse", 0.003), cut_threshold=DEFAULT_CUT_THRESHOLD))
         counts += [b["tokens"] for b in stats["blocks"]]
         maxima.append(stats["blocks"][0]["max_tokens"])
     if counts:

@@ -29,13 +29,14 @@ def main() -> None:
     p.add_argument("--images", default=str(SHARED / "images" / "imagenette" / "val"))
     p.add_argument("--per-class", type=int, default=4, help="images per class folder (sorted names)")
     p.add_argument("--model", help="pretrained directory (default: the embedded model)")
-    p.add_argument("--targets", type=float, nargs="+", default=[22, 23, 24, 25, 26, 27, 28])
+    p.add_argument("--targets", type=float, nargs="+", default=[20, 21, 22, 23, 24, 25, 26])
     args = p.parse_args()
     torch.set_num_threads(2)
     model = load_pretrained(args.model) if args.model else load_default_model()[0]
     T = model.config.tokens_per_block()
     counts = sorted({model.config.min_tokens(), *(round(T * f) for f in (1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4)), T})
-    files = [f for d in sorted(Path(args.images).iterdir()) if d.is_dir() for f in sorted(d.iterdir())[: args.per_class]]
+    files = [f for d in sorted(Path(args.images).iterdir()) if d.is_dir()
+             for f in sorted(d.iterdir())[: args.per_class]]
     start = time.perf_counter()
     curves = []  # (images, counts) PSNR
     for f in files:
@@ -47,7 +48,8 @@ def main() -> None:
     print(f"{len(files)} held-out photos from {args.images}, {T} tokens per block, "
           f"{time.perf_counter() - start:.0f} s")
     print("PSNR (dB) at tokens kept: " + ", ".join(f"{n}: {v:.2f}" for n, v in zip(counts, psnr.mean(0))))
-    print("| PSNR target | blocks meeting it below all tokens | median tokens needed (grid) | blocks never meeting it |")
+    print("| PSNR target | blocks meeting it below all tokens | median tokens needed (grid) "
+          "| blocks never meeting it |")
     print("|---|---|---|---|")
     for t in args.targets:
         ok = psnr >= t

@@ -65,7 +65,8 @@ def timed(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="fsq-200m", help="model preset (default fsq-200m; tiny-fsq for a smoke test)")
+    parser.add_argument("--preset", default="fsq-200m",
+                        help="model preset (default fsq-200m; tiny-fsq for a smoke test)")
     parser.add_argument("--size", type=int, help="frame side (default: the preset's, 256 for fsq-200m)")
     parser.add_argument("--frames", type=int, default=33, help="frames of the adaptive clip (default 33); throughput "
                         "clips take at most 16 of them, in whole blocks")
@@ -104,16 +105,19 @@ def main() -> None:
         rate = flops / seconds / 1e12
         print(f"{label:<8}{seconds:>10.4f}{args.batch * frames / seconds:>12.1f}{flops / 1e12:>10.3f}{rate:>10.2f}"
               f"{100 * rate / args.peak_tflops:>7.2f}%")
-    print(f"(MFU against {args.peak_tflops:g} TFLOP/s; FLOPs = 2 * Linear weights * tokens + 4 * layers * ctx * d per token)")
+    print(f"(MFU against {args.peak_tflops:g} TFLOP/s; FLOPs = 2 * Linear weights * tokens "
+          "+ 4 * layers * ctx * d per token)")
 
     clip = torch.rand(1, 3, args.frames, *size, device=device) * 2 - 1
-    print(f"\nadaptive encode of one {args.frames}-frame clip ({-(-args.frames // fpb)} blocks), block MSE <= {args.threshold}")
+    print(f"\nadaptive encode of one {args.frames}-frame clip ({-(-args.frames // fpb)} blocks), "
+          f"block MSE <= {args.threshold}")
     # passes: sequential model calls; candidates: counts scored (more than the passes when `fast`
     # batches levels of bisection, which it does on CUDA when a batch costs little more than one).
     print(f"{'search':<8}{'seconds':>10}{'passes':>8}{'passes/block':>14}{'candidates':>12}{'tokens/block':>14}")
     for search in ("binary", "fast"):
         with autocast:
-            encode_adaptive(model, clip[:, :, :fpb], CodingOptions(target=Target("mse", args.threshold), search=search))  # warm-up
+            encode_adaptive(model, clip[:, :, :fpb],
+                            CodingOptions(target=Target("mse", args.threshold), search=search))  # warm-up
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()

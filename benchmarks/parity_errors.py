@@ -27,7 +27,8 @@ def main() -> None:
     for kind in ["fsq", "vae"]:
         with tempfile.TemporaryDirectory() as tmp:
             config = load_official_config(PARITY / "configs.json", key=kind)
-            model = ElasticTok.from_pretrained(convert_official_checkpoint(PARITY / f"params_{kind}.msgpack", config, tmp))
+            model = ElasticTok.from_pretrained(convert_official_checkpoint(PARITY / f"params_{kind}.msgpack",
+                                                                           config, tmp))
         ref = np.load(PARITY / f"ref_{kind}_fixed.npz")
         x = torch.from_numpy(inputs[f"patches_{kind}_f32"])
         T = config.tokens_per_block()
@@ -45,7 +46,8 @@ def main() -> None:
         }
         if kind == "fsq":
             rows["indices differing"] = int((model.quantizer.codes_to_indices(codes).numpy() != ref["indices"]).sum())
-        print(kind, ", ".join(f"{k} {v:.2g}" if isinstance(v, float | np.floating) else f"{k} {v}" for k, v in rows.items()))
+        print(kind, ", ".join(f"{k} {v:.2g}" if isinstance(v, float | np.floating) else f"{k} {v}"
+                              for k, v in rows.items()))
 
 
 if __name__ == "__main__":

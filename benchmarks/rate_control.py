@@ -42,8 +42,10 @@ def main() -> None:
                 source = Source.open(clip, model, args.resolution, max_frames=args.frames)
                 T = model.config.tokens_per_block(source.size)
                 n = max(model.config.min_tokens(source.size), round(frac * T))
-                b = encode_file(model, source, Path(tmp) / "b.etok", CodingOptions(budget=n, cut_threshold=DEFAULT_CUT_THRESHOLD))
-                u = encode_file(model, source, Path(tmp) / "u.etok", CodingOptions(num_tokens=n, cut_threshold=DEFAULT_CUT_THRESHOLD))
+                b = encode_file(model, source, Path(tmp) / "b.etok",
+                                CodingOptions(budget=n, cut_threshold=DEFAULT_CUT_THRESHOLD))
+                u = encode_file(model, source, Path(tmp) / "u.etok",
+                                CodingOptions(num_tokens=n, cut_threshold=DEFAULT_CUT_THRESHOLD))
                 psnr["budget"] += [blk["psnr"] for blk in b["blocks"]]
                 psnr["uniform"] += [blk["psnr"] for blk in u["blocks"]]
                 average.append(b["average_tokens_per_block"])

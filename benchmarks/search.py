@@ -51,10 +51,12 @@ def official_procedure(model, video, threshold: float, context_blocks: int | Non
 
         reported, tried = official_binary(loss, lo, T, threshold)
         kept = min(reported + 1, T)
-        model.commit(state, model.code_block(block, torch.tensor([kept], device=video.device), state), context_blocks)  # the commit pass
+        model.commit(state, model.code_block(block, torch.tensor([kept], device=video.device), state),
+                     context_blocks)  # the commit pass
         passes += len(tried) + 1
         counts.append(kept)
-    model.decode(model.encode(video, torch.tensor([counts], device=video.device), context_blocks))  # the final whole-sequence pass
+    model.decode(model.encode(video, torch.tensor([counts], device=video.device),
+                              context_blocks))  # the final whole-sequence pass
     return counts, passes + patches.shape[1] // T
 
 
@@ -80,7 +82,8 @@ def paired_agreement(model, video, threshold: float, context_blocks: int | None 
     return same, patches.shape[1] // T
 
 
-def bench_model(name: str, model, clips: list[str], frames: int, threshold: float, fps, resolution, speculation, context_blocks) -> None:
+def bench_model(name: str, model, clips: list[str], frames: int, threshold: float, fps, resolution, speculation,
+                context_blocks) -> None:
     device = model.device
     context_blocks = model.config.context_window(context_blocks)  # the library's default, for every row
     searches = {"binary": ("binary", 1), "fast": ("fast", 1)}
@@ -105,7 +108,8 @@ def bench_model(name: str, model, clips: list[str], frames: int, threshold: floa
         picks = {}
         for label, (search, depth) in searches.items():
             start = time.perf_counter()
-            result = encode_adaptive(model, video, CodingOptions(target=Target("mse", threshold), search=search, speculation=depth, context_blocks=context_blocks))
+            result = encode_adaptive(model, video, CodingOptions(target=Target("mse", threshold), search=search,
+                                                                 speculation=depth, context_blocks=context_blocks))
             sync(device)
             rows[label][0] += time.perf_counter() - start
             rows[label][1] += result.passes
@@ -121,17 +125,21 @@ def bench_model(name: str, model, clips: list[str], frames: int, threshold: floa
               + f"; median |change| between blocks {sorted(steps)[len(steps) // 2] if steps else 0}")
     total = rows["binary"][3]
     window = f"at most {context_blocks} earlier block(s)"
-    print(f"\n{name} ({model.config.encoder_conditioning} encoder), {len(clips)} clips, {total} blocks, MSE <= {threshold}, {device}, {window}")
+    print(f"\n{name} ({model.config.encoder_conditioning} encoder), {len(clips)} clips, {total} blocks, "
+          f"MSE <= {threshold}, {device}, {window}")
     # Passes: sequential model calls over one block (encoder + decoder; with an unconditioned encoder,
     # ours encode once per block and a candidate costs a decoder pass). Candidates: counts scored.
-    print(f"{'search':<14}{'seconds':>9}{'passes/block':>14}{'candidates/block':>18}{'s/block':>9}{'same as binary':>16}")
+    print(f"{'search':<14}{'seconds':>9}{'passes/block':>14}{'candidates/block':>18}{'s/block':>9}"
+          f"{'same as binary':>16}")
     for label, (seconds, passes, candidates, blocks) in rows.items():
         agree = f"{same[label]}/{blocks}" if label in same else "-"
-        print(f"{label:<14}{seconds:>9.2f}{passes / blocks:>14.2f}{candidates / blocks:>18.2f}{seconds / blocks:>9.3f}{agree:>16}")
+        print(f"{label:<14}{seconds:>9.2f}{passes / blocks:>14.2f}{candidates / blocks:>18.2f}"
+              f"{seconds / blocks:>9.3f}{agree:>16}")
     for label in searches:
         if label != "binary":
-            print(f"{label} vs binary: {rows['binary'][0] / rows[label][0]:.2f}x faster, same count on {same[label]}/{total} "
-                  f"blocks ({100 * same[label] / total:.1f}%); vs the official procedure: {rows['official'][0] / rows[label][0]:.2f}x")
+            print(f"{label} vs binary: {rows['binary'][0] / rows[label][0]:.2f}x faster, "
+                  f"same count on {same[label]}/{total} blocks ({100 * same[label] / total:.1f}%); "
+                  f"vs the official procedure: {rows['official'][0] / rows[label][0]:.2f}x")
     print(f"fast picks binary's count on {paired[0]}/{paired[1]} blocks ({100 * paired[0] / paired[1]:.1f}%) "
           "when both search each block against the same context")
 
@@ -173,8 +181,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--speculation", default="0",
                         help="also run fast with this many levels per batched pass, or 'auto' (its default choice)")
-    parser.add_argument("--context-blocks", type=int, help="earlier blocks each block attends to (default: the model's trained window, the library's "
-                        "default; a number >= the clip's blocks gives every earlier block)")
+    parser.add_argument("--context-blocks", type=int,
+                        help="earlier blocks each block attends to (default: the model's trained window, "
+                        "the library's default; a number >= the clip's blocks gives every earlier block)")
     parser.add_argument("--save-clips", metavar="DIR", help="only decode the clips into DIR as .npy frames, then stop")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.frames} frames per clip")

@@ -38,7 +38,9 @@ def child(args) -> None:
     source = Looped(base.path, base.size, base.fps, None)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        stats = encode_file(model, source, Path(tmp) / "x.etok", CodingOptions(num_tokens=args.num_tokens, context_blocks=args.context_blocks, cut_threshold=DEFAULT_CUT_THRESHOLD))
+        stats = encode_file(model, source, Path(tmp) / "x.etok",
+                            CodingOptions(num_tokens=args.num_tokens, context_blocks=args.context_blocks,
+                                          cut_threshold=DEFAULT_CUT_THRESHOLD))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     print(json.dumps({"frames": stats["frames"], "blocks": len(stats["blocks"]), "peak_mib": peak,
                       "seconds": time.perf_counter() - start, "size": base.size}))

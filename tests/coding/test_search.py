@@ -270,7 +270,9 @@ def test_speculative_binary_is_binary_on_any_curve(depth):
         wiggle, k = rng.normal(0, 0.3, hi + 2), int(rng.integers(lo, hi + 3))
         margin = lambda n: 1.3 * (np.log(k - 0.5) - np.log(n)) + wiggle[n]  # noqa: E731
         batches = []
-        count, evals, calls = speculative_binary(lambda ns: batches.append(ns) or [margin(n) for n in ns], lo, hi, depth)
+        count, evals, calls = speculative_binary(
+            lambda ns: batches.append(ns) or [margin(n) for n in ns], lo, hi, depth
+        )
         b_count, b_evals = binary(margin, lo, hi)
         assert count == b_count
         assert calls == len(batches) == math.ceil(b_evals / depth)
@@ -288,7 +290,10 @@ def test_speculation_through_the_model_matches_binary_in_fewer_passes():
         assert spec.passes < ref.passes <= spec.evaluations
         torch.testing.assert_close(spec.recon, m.decode(spec.tokens), rtol=0, atol=1e-5)
         # On a CPU the depth is 1 without timing anything: batches cost as much as their candidates.
-        assert encode_adaptive(m, video, CodingOptions(target=target)).passes == encode_adaptive(m, video, CodingOptions(target=target)).evaluations
+        assert (
+            encode_adaptive(m, video, CodingOptions(target=target)).passes
+            == encode_adaptive(m, video, CodingOptions(target=target)).evaluations
+        )
     with pytest.raises(ValueError, match="speculation depth"):
         encode_adaptive(m, video, CodingOptions(target=target, speculation=0))
 

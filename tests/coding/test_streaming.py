@@ -36,7 +36,9 @@ def test_streaming_equals_whole_video_when_the_window_covers_it():
     m = tiny("tiny-fsq")
     video = smooth_clip(16)
     whole = encode_adaptive(m, video, CodingOptions(target=Target("mse", 0.2), search="binary"))
-    streamed = list(code_blocks(m, as_blocks(video, 4), CodingOptions(target=Target("mse", 0.2), search="binary", context_blocks=4, cut_threshold=None)))
+    streamed = list(code_blocks(m, as_blocks(video, 4),
+                                CodingOptions(target=Target("mse", 0.2), search="binary", context_blocks=4,
+                                              cut_threshold=None)))
     assert [cb.count for cb in streamed] == whole.tokens.counts[0].tolist()
     assert torch.equal(torch.cat([cb.recon for cb in streamed], 2), whole.recon)
 
@@ -44,7 +46,8 @@ def test_streaming_equals_whole_video_when_the_window_covers_it():
 def test_small_window_codes_and_decodes_every_block():
     m = tiny("tiny-fsq")
     video = smooth_clip(40)
-    coded = list(code_blocks(m, as_blocks(video, 4), CodingOptions(num_tokens=20, context_blocks=2, cut_threshold=None)))
+    coded = list(code_blocks(m, as_blocks(video, 4),
+                             CodingOptions(num_tokens=20, context_blocks=2, cut_threshold=None)))
     assert len(coded) == 10
     recon = list(decode_blocks(m, (cb.codes for cb in coded), (32, 32), context_blocks=2))
     for a, b in zip(coded, recon):
@@ -87,7 +90,8 @@ def test_scene_cut_resets_context_and_decoding_from_the_keyframe_matches(tmp_pat
 
 def test_keyframe_interval():
     m = tiny("tiny-fsq")
-    coded = list(code_blocks(m, as_blocks(smooth_clip(24), 4), CodingOptions(num_tokens=8, keyframe_interval=2, cut_threshold=None)))
+    coded = list(code_blocks(m, as_blocks(smooth_clip(24), 4),
+                             CodingOptions(num_tokens=8, keyframe_interval=2, cut_threshold=None)))
     assert [cb.keyframe for cb in coded] == [True, False] * 3
 
 
@@ -106,7 +110,8 @@ def test_library_tokens_record_keyframes_so_decode_matches():
     ignored = dataclasses.replace(one, keyframes=None)
     assert not torch.allclose(m.decode(ignored)[:, :, 12:], result.recon[:1, :, 12:], atol=1e-3)
     # Keyframe-free tokens keep the plain layout.
-    assert encode_adaptive(m, video, CodingOptions(target=Target("mse", 0.2), cut_threshold=None)).tokens.keyframes is None
+    assert encode_adaptive(m, video,
+                           CodingOptions(target=Target("mse", 0.2), cut_threshold=None)).tokens.keyframes is None
 
 
 def test_allocation_respects_budget_and_beats_uniform_on_its_curves():
@@ -135,12 +140,16 @@ def test_budget_is_never_exceeded_and_caps_hold(tmp_path):
     io.save_video(torch.cat([smooth_clip(12), random_video(1, 8, seed=2) * 0.5], 2)[0], src, 8.0)
     source = Source.open(src, m, resolution=32)
     for budget in [10, 25.5]:
-        stats = encode_file(m, source, tmp_path / "b.etok", CodingOptions(budget=budget, min_tokens=4, max_tokens=40, cut_threshold=DEFAULT_CUT_THRESHOLD))
+        stats = encode_file(m, source, tmp_path / "b.etok",
+                            CodingOptions(budget=budget, min_tokens=4, max_tokens=40,
+                                          cut_threshold=DEFAULT_CUT_THRESHOLD))
         counts = [b["tokens"] for b in stats["blocks"]]
         assert sum(counts) / len(counts) <= budget
         assert all(4 <= c <= 40 for c in counts)
         assert stats["rate_control"]["allocation"] == counts
-    stats = encode_file(m, source, tmp_path / "q.etok", CodingOptions(target=Target("mse", 1e-9), min_tokens=4, max_tokens=12, cut_threshold=DEFAULT_CUT_THRESHOLD))
+    stats = encode_file(m, source, tmp_path / "q.etok",
+                        CodingOptions(target=Target("mse", 1e-9), min_tokens=4, max_tokens=12,
+                                      cut_threshold=DEFAULT_CUT_THRESHOLD))
     assert max(b["tokens"] for b in stats["blocks"]) <= 12
 
 
@@ -153,8 +162,10 @@ def test_budget_allocation_is_checked_against_uniform(tmp_path):
     source = Source.open(src, m, resolution=32)
     checked = 0
     for budget in [6, 10, 16, 25]:
-        stats = encode_file(m, source, tmp_path / "b.etok", CodingOptions(budget=budget, cut_threshold=DEFAULT_CUT_THRESHOLD))
-        uniform = encode_file(m, source, tmp_path / "u.etok", CodingOptions(num_tokens=budget, cut_threshold=DEFAULT_CUT_THRESHOLD))
+        stats = encode_file(m, source, tmp_path / "b.etok",
+                            CodingOptions(budget=budget, cut_threshold=DEFAULT_CUT_THRESHOLD))
+        uniform = encode_file(m, source, tmp_path / "u.etok",
+                              CodingOptions(num_tokens=budget, cut_threshold=DEFAULT_CUT_THRESHOLD))
         psnr = sum(b["psnr"] for b in stats["blocks"]) / len(stats["blocks"])
         psnr_uniform = sum(b["psnr"] for b in uniform["blocks"]) / len(uniform["blocks"])
         assert psnr >= psnr_uniform - 1e-6, budget  # never worse than the same count everywhere
@@ -194,7 +205,8 @@ def test_killed_encode_leaves_no_partial_file(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        encode_file(m, source, out, CodingOptions(num_tokens=10, cut_threshold=DEFAULT_CUT_THRESHOLD), on_block=interrupt)
+        encode_file(m, source, out, CodingOptions(num_tokens=10, cut_threshold=DEFAULT_CUT_THRESHOLD),
+                    on_block=interrupt)
     assert not out.exists() and not list(tmp_path.glob(".k.etok*"))
 
 
@@ -208,8 +220,8 @@ def test_files_default_to_the_trained_context_window_and_decode_with_it(tmp_path
 
     io.save_video(video[0], src, 8.0, crf=0)
     coded = []
-    stats = encode_file(m, Source.open(src, m, resolution=32), tmp_path / "w.etok", CodingOptions(num_tokens=30, cut_threshold=None),
-                        on_block=coded.append)
+    stats = encode_file(m, Source.open(src, m, resolution=32), tmp_path / "w.etok",
+                        CodingOptions(num_tokens=30, cut_threshold=None), on_block=coded.append)
     assert stats["settings"]["context_blocks"] == 1
     with open_token_file(tmp_path / "w.etok") as f:
         frames = list(decode_frames(m, f))
@@ -219,6 +231,7 @@ def test_files_default_to_the_trained_context_window_and_decode_with_it(tmp_path
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
     # The window matters past block 2: all earlier blocks give other reconstructions there.
     everything = list(code_blocks(m, as_blocks(video, 4), CodingOptions(num_tokens=30, cut_threshold=None)))
-    windowed = list(code_blocks(m, as_blocks(video, 4), CodingOptions(num_tokens=30, context_blocks=1, cut_threshold=None)))
+    windowed = list(code_blocks(m, as_blocks(video, 4),
+                                CodingOptions(num_tokens=30, context_blocks=1, cut_threshold=None)))
     assert torch.equal(everything[1].recon, windowed[1].recon)
     assert not torch.equal(everything[4].recon, windowed[4].recon)

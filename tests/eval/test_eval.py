@@ -1,4 +1,5 @@
-"""Evaluation: token-share curves and gains on synthetic RD curves, FVD maths, the I3D, codec anchors, `eval` end to end."""
+"""Evaluation: token-share curves and gains on synthetic RD curves, FVD maths, the I3D, codec anchors,
+`eval` end to end."""
 
 from __future__ import annotations
 

@@ -269,7 +269,12 @@ def test_axial_rejects_frame_size_off_the_patch_grid():
 
 @pytest.mark.parametrize(
     "num_tokens, match",
-    [(0, r"in \[1, 64\]"), (65, r"in \[1, 64\]"), (torch.ones(2, 2), r"shape \(B, n_blocks\)"), (torch.full((2, 3), 2.5), "integer")],
+    [
+        (0, r"in \[1, 64\]"),
+        (65, r"in \[1, 64\]"),
+        (torch.ones(2, 2), r"shape \(B, n_blocks\)"),
+        (torch.full((2, 3), 2.5), "integer"),
+    ],
 )
 def test_bad_token_counts(num_tokens, match):
     with pytest.raises(ValueError, match=match):

@@ -19,8 +19,8 @@ def case(request, tmp_path_factory):
     kind = request.param
     parity = need_dir(PARITY, "the official parity fixtures")
     out = tmp_path_factory.mktemp(kind)
-    assert cli_main(["convert-official", str(parity / f"params_{kind}.msgpack"), "--config", str(parity / "configs.json"),
-              "--config-key", kind, "-o", str(out)]) == 0
+    assert cli_main(["convert-official", str(parity / f"params_{kind}.msgpack"),
+                     "--config", str(parity / "configs.json"), "--config-key", kind, "-o", str(out)]) == 0
     model = ElasticTok.from_pretrained(out)
     inputs = np.load(parity / "input_video.npz")
     x = torch.from_numpy(inputs[f"patches_{kind}_f32"])
@@ -110,8 +110,8 @@ def test_cached_block_passes_match_search_trace(case):
 
 def test_bf16_checkpoint_reads_and_runs(tmp_path):
     parity = need_dir(PARITY, "the official parity fixtures")
-    assert cli_main(["convert-official", str(parity / "params_fsq_bf16.msgpack"), "--config", str(parity / "configs.json"),
-              "--config-key", "fsq", "-o", str(tmp_path)]) == 0
+    assert cli_main(["convert-official", str(parity / "params_fsq_bf16.msgpack"),
+                     "--config", str(parity / "configs.json"), "--config-key", "fsq", "-o", str(tmp_path)]) == 0
     model = ElasticTok.from_pretrained(tmp_path)
     ref = np.load(parity / "ref_fsq_fixed.npz")
     x = torch.from_numpy(np.load(parity / "input_video.npz")["patches_fsq_f32"])

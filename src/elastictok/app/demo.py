@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 GRADIO_HINT = "the web demo needs Gradio: pip install 'elastictok[demo]'"
 
 UNTRAINED_BANNER = (
-    "**Untrained model.** The embedded default model's weights are missing from this installation, so this page runs a randomly "
+    "**Untrained model.** The embedded default model's weights are missing from this installation, "
+    "so this page runs a randomly "
     "initialised `{preset}` model: its reconstructions are noise and every block needs all its tokens. "
     "Start the demo with `elastictok demo --model DIR` (a converted official checkpoint or your own "
     "trained model) for real results."
@@ -433,11 +434,15 @@ def build_app(
                     ]
                 with gr.Row():
                     metric = gr.Dropdown(
-                        metrics, value=declared.metric if declared.metric in metrics else "mse", label="Quality metric", elem_id="metric",
+                        metrics, value=declared.metric if declared.metric in metrics else "mse",
+                        label="Quality metric", elem_id="metric",
                         info=None if "lpips" in metrics else "lpips appears once its weights are imported",
                     )
-                    threshold = gr.Number(value=declared.threshold if declared.metric in metrics else DEFAULT_THRESHOLDS["mse"], label="Threshold per block",
-                                          info="mse/lpips: at most; psnr (dB)/ssim: at least", elem_id="threshold")
+                    threshold = gr.Number(
+                        value=declared.threshold if declared.metric in metrics else DEFAULT_THRESHOLDS["mse"],
+                        label="Threshold per block", info="mse/lpips: at most; psnr (dB)/ssim: at least",
+                        elem_id="threshold",
+                    )
                 budget = gr.Slider(1, 100, value=100, step=1, info="the search's --max-tokens cap", elem_id="budget",
                                    label="Token budget: most tokens per block (% of the block)")
                 fixed = gr.Checkbox(value=False, label="Fixed count instead of a search (--num-tokens)",

@@ -71,7 +71,8 @@ def encode_adaptive(
     fpb = model.config.frames_per_block
     n_blocks = padded.shape[2] // fpb
     if counts is not None and tuple(counts.shape) != (video.shape[0], n_blocks):
-        raise ValueError(f"expected counts of shape (B, n_blocks) = ({video.shape[0]}, {n_blocks}), got {tuple(counts.shape)}")
+        raise ValueError(f"expected counts of shape (B, n_blocks) = ({video.shape[0]}, {n_blocks}), "
+                         f"got {tuple(counts.shape)}")
     all_counts, all_codes, all_recon, all_keys, choices = [], [], [], [], []
     for b in range(video.shape[0]):
         def blocks(b=b):

@@ -15,7 +15,9 @@ def broadcast_state(state: StreamState, k: int) -> StreamState:
     """The same past seen by ``k`` candidates at once (expanded views, no copies)."""
 
     def expand(cache: KVCache) -> KVCache:
-        layers = None if cache.layers is None else [(a.expand(k, -1, -1, -1), b.expand(k, -1, -1, -1)) for a, b in cache.layers]
+        layers = None if cache.layers is None else [
+            (a.expand(k, -1, -1, -1), b.expand(k, -1, -1, -1)) for a, b in cache.layers
+        ]
         return KVCache(layers, cache.num_blocks)
 
     return StreamState(state.frame_size, expand(state.enc), expand(state.dec), state.next_block)
@@ -57,7 +59,10 @@ class BlockCoder:
         # Copies, so a kept candidate does not hold on to the whole batch's keys and values.
         pick = lambda kv, i: [(a[i : i + 1].clone(), b[i : i + 1].clone()) for a, b in kv]  # noqa: E731
         return [
-            BlockStep(counts[i : i + 1], z_pre[i : i + 1], codes[i : i + 1], recon[i : i + 1], pick(enc_kv, i), pick(dec_kv, i))
+            BlockStep(
+                counts[i : i + 1], z_pre[i : i + 1], codes[i : i + 1], recon[i : i + 1],
+                pick(enc_kv, i), pick(dec_kv, i),
+            )
             for i in range(k)
         ]
 

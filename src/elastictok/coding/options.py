@@ -27,7 +27,8 @@ class CodingOptions:
     """How each block's token count is chosen, and what context it is coded against.
 
     The count comes from one of three modes: a search for the fewest tokens meeting ``target`` (the
-    default; None: the target the model declares, else the official block MSE 0.003), a fixed ``num_tokens`` in every block, or an average ``budget`` of tokens per block
+    default; None: the target the model declares, else the official block MSE 0.003), a fixed
+    ``num_tokens`` in every block, or an average ``budget`` of tokens per block
     spread over the video by rate control. ``min_tokens`` / ``max_tokens`` cap the search and the
     budget (default: the model's minimum and every token). ``context_blocks`` bounds how many earlier
     blocks each block attends to (default: as many as the model saw in training). A keyframe resets

@@ -166,7 +166,8 @@ def fast(
     ``start`` is where to look first (the previous block's count; without one, this is ``binary``);
     ``slope`` (d margin / d log count, e.g. :func:`local_slope` of the previous block)
     extrapolates from it while only one side of the crossing is known (at least doubling each move).
-    Inside the bracket each step takes the secant crossing in log(count), nudged towards the midpoint (by ``kappa`` times the bracket's width times its share of [lo, hi])
+    Inside the bracket each step takes the secant crossing in log(count), nudged towards the midpoint
+    (by ``kappa`` times the bracket's width times its share of [lo, hi])
     and pulled back to within a radius that halves every step, so that the search never needs more
     than ``n0`` steps beyond bisection of the bracket it found (Oliveira and Takahashi, 2021).
     """
@@ -237,7 +238,9 @@ def local_slope(results: dict[int, float], count: int) -> float | None:
     return (results[b] - results[a]) / (math.log(b) - math.log(a))
 
 
-def official_binary(loss: Callable[[int], float], min_toks: int, max_toks: int, threshold: float) -> tuple[int, list[int]]:
+def official_binary(
+    loss: Callable[[int], float], min_toks: int, max_toks: int, threshold: float
+) -> tuple[int, list[int]]:
     """The official ``inference_binary`` rule for one block of one clip.
 
     ``loss(kept)`` scores a candidate by its number of kept tokens. Returns (the official *reported*

@@ -74,7 +74,8 @@ class BlockScorer:
             mse = float(block_mse(recon, target, T)[0, 0])
             return mse if self.metric == "mse" else float(mse_to_psnr(mse))
         frames = self.model.config.frames_per_block
-        a = self.model.unpatchify(recon.float().clamp(-1, 1), frames, self.frame_size)[0].transpose(0, 1)  # (F, 3, H, W)
+        # (F, 3, H, W)
+        a = self.model.unpatchify(recon.float().clamp(-1, 1), frames, self.frame_size)[0].transpose(0, 1)
         b = self.model.unpatchify(target.float(), frames, self.frame_size)[0].transpose(0, 1)
         if self.metric == "ssim":
             return float(ssim(a, b).mean())

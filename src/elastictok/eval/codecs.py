@@ -144,7 +144,8 @@ def _decode_h264(data: bytes, size: tuple[int, int]) -> np.ndarray:
 
 
 def encode_h264(frames: np.ndarray, fps: float, target: int) -> CodecResult:
-    """H.264 (libx264, yuv420p, preset medium, constant quality) of (T, H, W, 3) uint8 frames at about ``target`` bytes."""
+    """H.264 (libx264, yuv420p, preset medium, constant quality) of (T, H, W, 3) uint8 frames at about
+    ``target`` bytes."""
     crf, data = match_bytes(lambda c: _h264(frames, fps, c), 0, 51, target, increasing=False)
     return CodecResult("h264", target, len(data), crf, _decode_h264(data, frames.shape[1:3]))
 

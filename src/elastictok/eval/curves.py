@@ -73,7 +73,8 @@ class Curve:
 
 def _check_rd(mse: np.ndarray, counts: np.ndarray, tokens: np.ndarray) -> None:
     if mse.shape != counts.shape or mse.ndim != 2 or tokens.shape != (mse.shape[0],):
-        raise ValueError(f"expected mse and counts (N, G) and tokens (N,), got {mse.shape}, {counts.shape}, {tokens.shape}")
+        raise ValueError(f"expected mse and counts (N, G) and tokens (N,), got {mse.shape}, {counts.shape}, "
+                         f"{tokens.shape}")
 
 
 def uniform_curve(mse: np.ndarray, counts: np.ndarray, tokens: np.ndarray, threshold: float) -> Curve:

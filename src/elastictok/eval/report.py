@@ -40,7 +40,8 @@ def _plot_token_share(results: dict, out: Path) -> list[Path]:
             pts = np.asarray(entry[name])
             ax.plot(pts[:, 0] * 100, pts[:, 1] * 100, color=color, marker=".", label=f"{name} (same model)")
         for name, b in entry["baselines"].items():
-            ax.scatter([b["point"][0] * 100], [b["point"][1] * 100], marker="*", s=140, zorder=3, label=f"fixed baseline {name}")
+            ax.scatter([b["point"][0] * 100], [b["point"][1] * 100], marker="*", s=140, zorder=3,
+                       label=f"fixed baseline {name}")
         gain = entry["gains"]["at_uniform_full"]["gain"]
         ax.set_title(f"block MSE <= {key}" + (f": {gain:.2f}x fewer tokens" if gain else ""))
         ax.set_xlabel("tokens used (% of all)")
@@ -162,7 +163,8 @@ def _summary_lines(results: dict) -> list[str]:
         + (f", {s['options']['frames']} frames each" if s["kind"] == "video" else "")
         + f"; {len(s['grid_fractions'])} token counts per block measured; {s['seconds']:.0f} s.", "",
         f"## Token efficiency (share of {unit} whose block MSE meets the threshold)", "",
-        "| MSE threshold | uniform share at full tokens | uniform tokens | adaptive tokens | gain | gain at 50% | gain at 80% |",
+        "| MSE threshold | uniform share at full tokens | uniform tokens | adaptive tokens | gain | gain at 50% "
+        "| gain at 80% |",
         "|---|---|---|---|---|---|---|",
     ]
     for key, e in results["token_share"].items():
@@ -172,15 +174,18 @@ def _summary_lines(results: dict) -> list[str]:
             f"| {key} | {_fmt(e['uniform_share_at_full_tokens'] * 100, '.1f', '%')} | "
             f"{_fmt(head['reference_tokens'] and head['reference_tokens'] * 100, '.1f', '%')} | "
             f"{_fmt(head['adaptive_tokens'] and head['adaptive_tokens'] * 100, '.1f', '%')} | "
-            f"{_fmt(head['gain'], '.2f', 'x')} | {_fmt(g['at_50']['gain'], '.2f', 'x')} | {_fmt(g['at_80']['gain'], '.2f', 'x')} |"
+            f"{_fmt(head['gain'], '.2f', 'x')} | {_fmt(g['at_50']['gain'], '.2f', 'x')} | "
+            f"{_fmt(g['at_80']['gain'], '.2f', 'x')} |"
         )
     baseline_rows = [(key, name, b) for key, e in results["token_share"].items() for name, b in e["baselines"].items()]
     if baseline_rows:
-        lines += ["", "| MSE threshold | fixed baseline | its tokens | share meeting | adaptive tokens at that share | gain |",
+        lines += ["", "| MSE threshold | fixed baseline | its tokens | share meeting "
+                      "| adaptive tokens at that share | gain |",
                   "|---|---|---|---|---|---|"]
         for key, name, b in baseline_rows:
             lines.append(f"| {key} | {name} (fraction {b['fraction']:g}) | {b['point'][0] * 100:.1f}% | "
-                         f"{b['point'][1] * 100:.1f}% | {_fmt(b['gain']['adaptive_tokens'] and b['gain']['adaptive_tokens'] * 100, '.1f', '%')} | "
+                         f"{b['point'][1] * 100:.1f}% | "
+                         f"{_fmt(b['gain']['adaptive_tokens'] and b['gain']['adaptive_tokens'] * 100, '.1f', '%')} | "
                          f"{_fmt(b['gain']['gain'], '.2f', 'x')} |")
     lines += ["", f"Definition: {GAIN_DEFINITION}", ""]
     q = results["quality"]
@@ -190,8 +195,9 @@ def _summary_lines(results: dict) -> list[str]:
     rows += [(f"adaptive, block MSE <= {k}", r) for k, r in q["adaptive"].items()]
     rows += [(f"fixed baseline {k}", r) for k, r in q["baselines"].items()]
     for name, r in rows:
-        lines.append(f"| {name} | {_fmt(r['token_share'] and r['token_share'] * 100, '.1f', '%')} | {_fmt(r['psnr'])} | "
-                     f"{_fmt(r['ssim'], '.4f')} | {_fmt(r['lpips'], '.4f')} | {_fmt(r['fvd'], '.1f')} |")
+        lines.append(f"| {name} | {_fmt(r['token_share'] and r['token_share'] * 100, '.1f', '%')} | "
+                     f"{_fmt(r['psnr'])} | {_fmt(r['ssim'], '.4f')} | {_fmt(r['lpips'], '.4f')} | "
+                     f"{_fmt(r['fvd'], '.1f')} |")
     if results["codecs"]:
         lines += ["", "## Codecs at equal bytes (the size of each item's .etok file)", "",
                   "| MSE threshold | method | bytes | bpp | PSNR (dB) | SSIM | LPIPS | FVD | within 5% of target |",
@@ -199,8 +205,9 @@ def _summary_lines(results: dict) -> list[str]:
         for key, entry in results["codecs"].items():
             for method, r in entry.items():
                 within = _fmt(r["within_tolerance"] * 100, ".0f", "% of items") if "within_tolerance" in r else ""
-                lines.append(f"| {key} | {method} | {_fmt(r['bytes'], '.0f')} | {_fmt(r['bpp'], '.3f')} | {_fmt(r['psnr'])} | "
-                             f"{_fmt(r['ssim'], '.4f')} | {_fmt(r['lpips'], '.4f')} | {_fmt(r['fvd'], '.1f')} | {within} |")
+                lines.append(f"| {key} | {method} | {_fmt(r['bytes'], '.0f')} | {_fmt(r['bpp'], '.3f')} | "
+                             f"{_fmt(r['psnr'])} | {_fmt(r['ssim'], '.4f')} | {_fmt(r['lpips'], '.4f')} | "
+                             f"{_fmt(r['fvd'], '.1f')} | {within} |")
     lines += ["", "## Notes", "", *(f"- {n}" for n in results["notes"]), ""]
     return lines
 

@@ -89,7 +89,8 @@ def _quality_results(items: list[_Item], thresholds: Sequence[float], baselines:
     for thr in thresholds:
         key = f"{thr:g}"
         rows = [it.adaptive[key] for it in items]
-        out["adaptive"][key] = {**_aggregate(rows, (*_QUALITY, "bytes", "bpp", "seconds")), "fvd": fvd.get(f"adaptive {key}")}
+        out["adaptive"][key] = {**_aggregate(rows, (*_QUALITY, "bytes", "bpp", "seconds")),
+                                "fvd": fvd.get(f"adaptive {key}")}
     for b in baselines:
         rows = [it.baselines[b.name] for it in items]
         out["baselines"][b.name] = {**_aggregate(rows, _QUALITY), "fvd": fvd.get(f"baseline {b.name}")}
@@ -101,7 +102,8 @@ def _codec_results(items: list[_Item], thresholds: Sequence[float], fvd: dict[st
     for thr in thresholds:
         key = f"{thr:g}"
         ours = [it.adaptive[key] for it in items]
-        entry = {"elastictok": {**_aggregate(ours, ("bytes", "bpp", "psnr", "ssim", "lpips")), "fvd": fvd.get(f"adaptive {key}")}}
+        entry = {"elastictok": {**_aggregate(ours, ("bytes", "bpp", "psnr", "ssim", "lpips")),
+                                "fvd": fvd.get(f"adaptive {key}")}}
         codecs = sorted({c for it in items for c in it.codecs.get(key, {})})
         for codec in codecs:
             rows = [it.codecs[key][codec] for it in items]

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from elastictok.coding.options import DEFAULT_CUT_THRESHOLD, CodingOptions
 from elastictok.coding.target import Target
 from elastictok.eval.baseline import Baseline
-from elastictok.eval.codecs import from_frames_u8, frames_u8, encode_h264, encode_jpeg, encode_webp
+from elastictok.eval.codecs import encode_h264, encode_jpeg, encode_webp, frames_u8, from_frames_u8
 from elastictok.eval.curves import BUDGETS, _count_at, grid_fractions
 from elastictok.eval.report import write_plots, write_summary
 from elastictok.eval.results import _codec_results, _Item, _quality_results, _token_share_results, write_results
@@ -105,7 +105,8 @@ class FrameMetrics:
         out: dict[str, float | None] = {"psnr": float(psnr(b, a).clamp(max=100).mean())}
         out["ssim"] = float(ssim(b, a).mean()) if min(a.shape[-2:]) >= 11 else None
         if self.lpips is not None:
-            values = [self.lpips(b[i : i + 16].to(self.device), a[i : i + 16].to(self.device)) for i in range(0, len(a), 16)]
+            values = [self.lpips(b[i : i + 16].to(self.device), a[i : i + 16].to(self.device))
+                      for i in range(0, len(a), 16)]
             out["lpips"] = float(torch.cat(values).mean())
         else:
             out["lpips"] = None
@@ -160,7 +161,8 @@ class _Evaluator:
         if self.kind != "video" or not self.opt.fvd:
             return None
         if self.opt.frames < FVD_FRAMES:
-            self.notes.append(f"FVD skipped: it needs clips of at least {FVD_FRAMES} frames (--frames {self.opt.frames})")
+            self.notes.append(f"FVD skipped: it needs clips of at least {FVD_FRAMES} frames "
+                              f"(--frames {self.opt.frames})")
             return None
         try:
             return load_i3d(self.device)
@@ -230,13 +232,16 @@ class _Evaluator:
                              max_frames=self.opt.frames if self.kind == "video" else None)
         etok = self.out / "etok" / f"{item.name}_mse{threshold:g}.etok"
         etok.parent.mkdir(parents=True, exist_ok=True)
-        stats = encode_file(self.model, source, etok, CodingOptions(target=Target("mse", threshold), search=self.opt.search, cut_threshold=DEFAULT_CUT_THRESHOLD))
+        stats = encode_file(self.model, source, etok,
+                            CodingOptions(target=Target("mse", threshold), search=self.opt.search,
+                                          cut_threshold=DEFAULT_CUT_THRESHOLD))
         with open_token_file(etok) as f:
             recon = torch.stack(list(decode_frames(self.model, f)), 1).cpu()
         size = etok.stat().st_size
         key = f"{threshold:g}"
         item.adaptive[key] = {
-            "tokens": [b["tokens"] for b in stats["blocks"]], "token_share": stats["total_tokens"] / stats["max_total_tokens"],
+            "tokens": [b["tokens"] for b in stats["blocks"]],
+            "token_share": stats["total_tokens"] / stats["max_total_tokens"],
             "bytes": size, "bpp": self._bpp(size, item), "seconds": stats["seconds"],
             **self._score(f"adaptive {key}", video[0], recon),
         }
@@ -269,7 +274,8 @@ class _Evaluator:
             self.notes.append("FVD skipped: it needs at least two 16-frame windows in all (more clips or --frames)")
             return {}
         if len(real) < 64:
-            self.notes.append(f"FVD is over only {len(real)} 16-frame windows: a noisy estimate, comparable only within this run")
+            self.notes.append(f"FVD is over only {len(real)} 16-frame windows: a noisy estimate, "
+                              "comparable only within this run")
         return {m: fvd(real, np.concatenate(f)) for m, f in self.features.items() if m != "real"}
 
 

@@ -182,7 +182,8 @@ class I3D(nn.Module):
         x = F.avg_pool3d(x, (2, 7, 7), stride=1)  # 'VALID'
         logits = self.logits(x)  # (B, 400, T', h, w)
         if logits.shape[-2:] != (1, 1):
-            raise ValueError(f"I3D expects {INPUT_SIZE}x{INPUT_SIZE} frames; use I3D.preprocess (got {tuple(video.shape[-2:])})")
+            raise ValueError(f"I3D expects {INPUT_SIZE}x{INPUT_SIZE} frames; use I3D.preprocess "
+                             f"(got {tuple(video.shape[-2:])})")
         return logits.flatten(2).mean(-1)
 
     @staticmethod
@@ -203,7 +204,8 @@ class I3D(nn.Module):
     def features(self, video: Tensor, batch: int = 4) -> Tensor:
         """FVD features (the 400 logits) of clips (B, 3, T, H, W) in [-1, 1], any size; (B, 400) float64 on CPU."""
         device = self.logits.conv.weight.device
-        out = [self(self.preprocess(video[i : i + batch].to(device))).double().cpu() for i in range(0, len(video), batch)]
+        out = [self(self.preprocess(video[i : i + batch].to(device))).double().cpu()
+               for i in range(0, len(video), batch)]
         return torch.cat(out) if out else torch.zeros(0, 400, dtype=torch.float64)
 
 

@@ -393,7 +393,8 @@ def import_main(prog: str, what: str, source_help: str, importer, argv: Sequence
     """``python -m`` entry point shared by the offline weight importers (LPIPS here, I3D in :mod:`.i3d`)."""
     parser = argparse.ArgumentParser(prog=prog, description=f"Import {what} into the cache.")
     parser.add_argument("source", type=Path, help=source_help)
-    parser.add_argument("--cache-dir", type=Path, default=None, help="default: $ELASTICTOK_CACHE or ~/.cache/elastictok")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="default: $ELASTICTOK_CACHE or ~/.cache/elastictok")
     args = parser.parse_args(argv)
     try:
         out = importer(args.source, args.cache_dir)

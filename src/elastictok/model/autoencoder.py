@@ -218,7 +218,9 @@ class ElasticTok(PretrainedMixin, nn.Module):
         return (pos < counts[..., None]).flatten(1)  # (B, n_blocks * T)
 
     # Core passes over patch sequences (whole sequence, or blocks after a cached past) ------------
-    def encode_patches(self, patches, keep, frame_size, start_block=0, past: list[KV] | None = None, context_blocks=None):
+    def encode_patches(
+        self, patches, keep, frame_size, start_block=0, past: list[KV] | None = None, context_blocks=None
+    ):
         """patches (B, L, P) and keep (B, L) -> (z_pre (B, L, Dz), new per-layer (k, v)).
 
         ``context_blocks``: earlier blocks (cached or in ``patches``) each block attends to; None: all."""
@@ -301,7 +303,9 @@ class ElasticTok(PretrainedMixin, nn.Module):
             raise ValueError(f"these are {tokens.kind} tokens but the model has a {self.config.bottleneck} bottleneck")
         T = self.config.tokens_per_block(tokens.frame_size)
         if tokens.tokens_per_block != T:
-            raise ValueError(f"expected {T} token slots per block for frames {tokens.frame_size}, got {tokens.tokens_per_block}")
+            raise ValueError(
+                f"expected {T} token slots per block for frames {tokens.frame_size}, got {tokens.tokens_per_block}"
+            )
         check_counts(tokens.counts, tokens.batch_size, tokens.num_blocks, T, tokens.counts.device)
         tokens.check_values(self.config.codebook_size if self.config.bottleneck == "fsq" else None)
         codes = self.values_to_codes(tokens.values.to(self.device)).flatten(1, 2)
@@ -313,7 +317,8 @@ class ElasticTok(PretrainedMixin, nn.Module):
         they were encoded with."""
         codes = self.tokens_to_codes(tokens)
         recon, _ = self.decode_patches(
-            codes, tokens.frame_size, tokens.start_block, context_blocks=tokens.context_blocks, keyframes=tokens.keyframes
+            codes, tokens.frame_size, tokens.start_block, context_blocks=tokens.context_blocks,
+            keyframes=tokens.keyframes,
         )
         frames = tokens.num_blocks * self.config.frames_per_block
         return self.unpatchify(recon.float(), frames, tokens.frame_size)[:, :, : tokens.num_frames]

@@ -22,7 +22,9 @@ class FSQ(nn.Module):
         lv = np.asarray(levels)
         # The official code derives these in float64 NumPy and uses them in float32 JAX ops.
         self.register_buffer("half_l", torch.tensor((lv - 1) * (1 - eps) / 2, dtype=torch.float32), persistent=False)
-        self.register_buffer("offset", torch.tensor(np.where(lv % 2 == 1, 0.0, 0.5), dtype=torch.float32), persistent=False)
+        self.register_buffer(
+            "offset", torch.tensor(np.where(lv % 2 == 1, 0.0, 0.5), dtype=torch.float32), persistent=False
+        )
         self.register_buffer("half_width", torch.tensor(lv // 2, dtype=torch.long), persistent=False)
         basis = np.concatenate(([1], np.cumprod(lv[:-1])))
         self.register_buffer("basis", torch.tensor(basis, dtype=torch.long), persistent=False)

@@ -21,7 +21,8 @@ def check_video(video: object, config: ElasticTokConfig) -> torch.Tensor:
         raise ValueError(f"expected 3 RGB channels on axis 1 of (B, 3, T, H, W), got shape {tuple(video.shape)}")
     if not video.is_floating_point():
         raise TypeError(
-            f"expected a floating-point video in [-1, 1], got dtype {video.dtype}; convert uint8 pixels with x / 127.5 - 1"
+            f"expected a floating-point video in [-1, 1], got dtype {video.dtype}; "
+            "convert uint8 pixels with x / 127.5 - 1"
         )
     if min(video.shape) == 0:
         raise ValueError(f"expected a non-empty video, got shape {tuple(video.shape)}")
@@ -43,8 +44,8 @@ def check_frame_size(frame_size: tuple[int, int], config: ElasticTokConfig) -> N
     if config.rope == "1d":
         if (h, w) != config.frame_size:
             raise ValueError(
-                f"expected frames of {config.frame_size[0]}x{config.frame_size[1]} (this model's 1-D positions are tied "
-                f"to its training size), got {h}x{w}; resize or crop the input"
+                f"expected frames of {config.frame_size[0]}x{config.frame_size[1]} (this model's 1-D positions "
+                f"are tied to its training size), got {h}x{w}; resize or crop the input"
             )
     elif h % hp or w % wp or h < hp or w < wp:
         raise ValueError(f"expected a frame size that is a multiple of the patch size {hp}x{wp}, got {h}x{w}")

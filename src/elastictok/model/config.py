@@ -132,7 +132,9 @@ class ElasticTokConfig:
         if context_blocks is None:
             return self.default_context_blocks
         if not is_context_window(context_blocks):
-            raise ValueError(f"expected context_blocks to be an int >= 1 (earlier blocks in context), got {context_blocks!r}")
+            raise ValueError(
+                f"expected context_blocks to be an int >= 1 (earlier blocks in context), got {context_blocks!r}"
+            )
         return context_blocks
 
     def min_tokens(self, frame_size: tuple[int, int] | None = None) -> int:

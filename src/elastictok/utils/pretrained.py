@@ -75,7 +75,6 @@ def load_weights(path: str | Path, device: str | torch.device) -> dict[str, torc
     weights = Path(path) / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{path}: missing {WEIGHTS_NAME}")
-    verify_checksum(path, WEIGHTS_NAME)
     try:
         return load_file(weights, device=str(device))
     except (SafetensorError, OSError) as err:
@@ -123,6 +122,7 @@ class PretrainedMixin:
         with torch.device("meta"):  # no random init of weights that are about to be replaced
             model = cls(config)
         check_state(state, model.state_dict(), Path(path) / WEIGHTS_NAME)
+        verify_checksum(path, WEIGHTS_NAME)  # after the structure: its errors say more about a wrong file
         model.load_state_dict(state, strict=True, assign=True)
         model.init_nonpersistent(device)
         return model.eval()
