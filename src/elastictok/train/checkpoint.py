@@ -4,7 +4,6 @@ pruned and resolved (what ``--resume`` names), and the RNG state they carry."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import random
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from elastictok.model.config import ElasticTokConfig
-from elastictok.utils.files import atomic_path, write_text
+from elastictok.utils.files import atomic_path, sha256, write_text
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -38,14 +37,6 @@ CHECKPOINT_FORMAT = "elastictok-train"
 CHECKPOINT_VERSION = 1
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -62,7 +53,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         with open(temp, "wb") as f:
             torch.save(state, f)
         # The checksum lands first, so a checkpoint is never visible without its own.
-        write_text(checksum_path(path), _sha256(temp) + "\n")
+        write_text(checksum_path(path), sha256(temp) + "\n")
     return path
 
 
@@ -116,7 +107,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = resolve_checkpoint(path)
     assert path is not None  # only "latest" with a run_dir resolves to nothing
     sums = checksum_path(path)
-    if sums.is_file() and sums.read_text().strip() != _sha256(path):
+    if sums.is_file() and sums.read_text().strip() != sha256(path):
         raise ValueError(f"{path}: checkpoint is corrupt (its SHA-256 does not match {sums.name}); "
                          "resume from an older one")
     try:

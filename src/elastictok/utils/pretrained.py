@@ -7,7 +7,6 @@ nothing is ever unpickled, and the model comes back in eval mode.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,20 +15,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from elastictok.utils.files import atomic_path, write_text
+from elastictok.utils.files import atomic_path, sha256, write_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 # SHA-256 of each weights file in the directory; a damaged or edited file is refused on load.
 CHECKSUMS_NAME = "checksums.json"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def record_checksums(path: str | Path, names: list[str]) -> None:
