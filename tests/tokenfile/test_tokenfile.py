@@ -131,7 +131,8 @@ def test_context_window_travels_with_the_file(fsq, tmp_path):
     with pytest.raises(ValueError, match="encoded with 1"):
         write_tokens(tmp_path / "x.etok", tokens, fsq, settings={"context_blocks": 3})
     assert not (tmp_path / "x.etok").exists()
-    with TokenFileWriter.for_model(tmp_path / "bad.etok", fsq, frame_size=(32, 32), settings={"context_blocks": "all"}) as w:
+    bad = {"context_blocks": "all"}
+    with TokenFileWriter.for_model(tmp_path / "bad.etok", fsq, frame_size=(32, 32), settings=bad) as w:
         w.write_block(tokens.block(0, 0), 9)
     with pytest.raises(TokenFileError, match="context window"):
         read_tokens(tmp_path / "bad.etok")
@@ -142,7 +143,8 @@ def test_keyframes_travel_with_the_file(fsq, tmp_path):
     from elastictok.coding.options import CodingOptions
     from elastictok.coding.target import Target
 
-    result = encode_adaptive(fsq, random_video(1, 20) * 0.3, CodingOptions(target=Target("mse", 0.05), keyframe_interval=2))
+    options = CodingOptions(target=Target("mse", 0.05), keyframe_interval=2)
+    result = encode_adaptive(fsq, random_video(1, 20) * 0.3, options)
     tokens = result.tokens
     path = write_tokens(tmp_path / "k.etok", tokens, fsq)
     with open_token_file(path) as f:

@@ -68,6 +68,8 @@ _INDEX_DTYPE = np.dtype([("offset", "<u8"), ("count", "<u4"), ("flags", "u1"), (
 _FLAG_KEYFRAME = 0x01
 _RECORD_OVERHEAD = _RECORD_HEAD.size + _CRC.size
 _KINDS = ("fsq", "vae")
+_VALUE_DTYPES = {"fsq": "packed-uint", "vae": "float16"}
+_U32 = 1 << 32  # header integers are bounded like the format's u32 fields (counts, lengths)
 _REQUIRED = {
     "model_fingerprint": str,
     "kind": str,
@@ -140,7 +142,9 @@ def model_fingerprint(model: ElasticTok) -> str:
     """
     h = hashlib.sha256()
     h.update(b"elastictok-fingerprint-v1\n")
-    h.update(model.config.to_json().encode("utf-8"))
+    # The declared quality target is advice on how to code, not part of what decodes the tokens.
+    config = {k: v for k, v in model.config.to_dict().items() if k != "default_target"}
+    h.update(json.dumps(config, indent=2, sort_keys=True).encode("utf-8"))
     state = model.state_dict()
     for name in sorted(state):
         tensor = state[name].detach().to("cpu").contiguous().reshape(-1)
@@ -432,6 +436,8 @@ class TokenFile:
 
     def _read_at(self, offset: int, size: int, what: str) -> bytes:
         assert self._file is not None
+        if offset + size > self._size:  # checked first: a hostile size must not become a huge read buffer
+            raise self._fail(f"{what} is truncated (file ends at byte {self._size})")
         self._file.seek(offset)
         data = self._file.read(size)
         if len(data) != size:
@@ -459,8 +465,8 @@ class TokenFile:
         if zlib.crc32(body) != crc:
             raise self._fail("header checksum mismatch (corrupted header)")
         try:
-            header = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            header = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, NaN, a huge integer literal, deep nesting
             raise self._fail(f"header is not valid UTF-8 JSON ({e.__class__.__name__})") from None
         self._header = self._check_header(header)
         return _PREAMBLE.size + length + _CRC.size
@@ -470,18 +476,41 @@ class TokenFile:
             raise self._fail("header is not a JSON object")
         for key, kind in _REQUIRED.items():
             if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
-                raise self._fail(f"header field {key!r} is missing or not a {kind.__name__}")
+                article = "an" if kind.__name__[0] in "aeiou" else "a"
+                raise self._fail(f"header field {key!r} is missing or not {article} {kind.__name__}")
         if header["kind"] not in _KINDS:
-            raise self._fail(f"header kind must be one of {_KINDS}, got {header['kind']!r}")
+            raise self._fail(f"header kind must be one of {_KINDS}, got {_short(header['kind'])}")
+        if header.get("value_dtype") != _VALUE_DTYPES[header["kind"]]:
+            raise self._fail(
+                f"header value_dtype must be {_VALUE_DTYPES[header['kind']]!r} for {header['kind']} tokens, "
+                f"got {_short(header.get('value_dtype'))}"
+            )
         size = header["frame_size"]
-        if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
-            raise self._fail(f"header frame_size must be [height, width], got {size}")
-        if min(header["latent_dim"], header["frames_per_block"], header["tokens_per_block"]) < 1:
-            raise self._fail("header latent_dim, frames_per_block and tokens_per_block must be positive")
+        if len(size) != 2 or not all(_is_int(v) and 0 < v < _U32 for v in size):
+            raise self._fail(f"header frame_size must be [height, width], got {_short(size)}")
+        dims = {k: header[k] for k in ("latent_dim", "frames_per_block", "tokens_per_block")}
+        if not all(0 < v < _U32 for v in dims.values()):
+            raise self._fail(
+                f"header latent_dim, frames_per_block and tokens_per_block must be in [1, 2**32): {_short(dims)}"
+            )
+        if dims["tokens_per_block"] > dims["frames_per_block"] * size[0] * size[1]:
+            raise self._fail(  # a token covers at least one pixel of one frame
+                f"header tokens_per_block {dims['tokens_per_block']} exceeds the pixels of a block "
+                f"({dims['frames_per_block']} frames of {size[0]}x{size[1]})"
+            )
+        fps = header.get("fps")
+        if fps is not None and not (isinstance(fps, (int, float)) and not isinstance(fps, bool)
+                                    and math.isfinite(fps) and fps > 0):
+            raise self._fail(f"header fps must be null or a positive number, got {_short(fps)}")
         if header["kind"] == "fsq":
-            bits = header.get("bits_per_index")
-            if header["codebook_size"] < 2 or bits != bits_for_codebook(header["codebook_size"]):
-                raise self._fail(f"header bits_per_index {bits} does not fit codebook_size {header['codebook_size']}")
+            bits, codebook = header.get("bits_per_index"), header["codebook_size"]
+            if not 2 <= codebook <= _U32:
+                raise self._fail(f"header codebook_size must be in [2, 2**32], got {_short(codebook)}")
+            if not _is_int(bits) or bits != bits_for_codebook(codebook):
+                raise self._fail(f"header bits_per_index {_short(bits)} does not fit codebook_size {codebook}")
+        window = header["settings"].get("context_blocks")
+        if not is_context_window(window):
+            raise self._fail(f"records a context window of {_short(window)}; expected null or an int >= 1")
         return header
 
     def _read_index(self) -> None:
@@ -489,9 +518,18 @@ class TokenFile:
             raise self._fail("file is truncated: no footer (was the writer interrupted?)")
         footer = self._read_at(self._size - _FOOTER.size, _FOOTER.size, "footer")
         index_offset, n, frames, crc, magic = _FOOTER.unpack(footer)
-        if magic != FOOTER_MAGIC:
-            raise self._fail("file is truncated or incomplete: footer magic missing")
-        if index_offset < self._data_start or index_offset + n * _INDEX_ENTRY.size + _FOOTER.size != self._size:
+        fits = index_offset >= self._data_start and index_offset + n * _INDEX_ENTRY.size + _FOOTER.size == self._size
+        if magic != FOOTER_MAGIC or not fits:
+            end = self._earlier_end()
+            if end is not None:
+                raise self._fail(
+                    f"{self._size - end} extra bytes after the end of the token file (its footer ends at byte {end} "
+                    f"of {self._size}; was something appended to it?)"
+                )
+            if magic != FOOTER_MAGIC and fits:
+                raise self._fail("footer magic is damaged (corrupted footer)")
+            if magic != FOOTER_MAGIC:
+                raise self._fail("file is truncated or incomplete: footer magic missing (was the writer interrupted?)")
             raise self._fail(f"footer is inconsistent with the file size ({n} blocks, index at byte {index_offset})")
         raw = self._read_at(index_offset, n * _INDEX_ENTRY.size, "index")
         if zlib.crc32(footer[:24], zlib.crc32(raw)) != crc:
@@ -503,6 +541,40 @@ class TokenFile:
         self._num_frames = int(frames)
         self._check_index(index_offset)
 
+    def _earlier_end(self) -> int | None:
+        """The end of a complete token file that extra bytes follow: the last footer before the end of the
+        file whose magic, position and index checksum agree. None when there is none (a truncated file).
+
+        Only called on a file that is already refused, to name what is wrong; it may scan the whole file."""
+        assert self._file is not None
+        m = len(FOOTER_MAGIC)
+        lowest = self._data_start + _FOOTER.size - m  # the first byte a footer magic can start at
+        high = self._size - m - 1  # the last one, short of the very end (already found wanting)
+        while high >= lowest:
+            low = max(lowest, high - (1 << 20))
+            self._file.seek(low)
+            chunk = self._file.read(high - low + m)  # every magic starting in [low, high]
+            at = chunk.rfind(FOOTER_MAGIC)
+            while at >= 0:
+                if self._complete_at(low + at + m):
+                    return low + at + m
+                at = chunk.rfind(FOOTER_MAGIC, 0, at + m - 1)
+            high = low - 1
+        return None
+
+    def _complete_at(self, end: int) -> bool:
+        """Whether a footer ending at byte ``end`` (< file size) describes an index that ends there."""
+        if end < self._data_start + _FOOTER.size or end >= self._size:
+            return False
+        assert self._file is not None
+        self._file.seek(end - _FOOTER.size)
+        footer = self._file.read(_FOOTER.size)
+        index_offset, n, _, crc, _ = _FOOTER.unpack(footer)
+        if index_offset < self._data_start or index_offset + n * _INDEX_ENTRY.size + _FOOTER.size != end:
+            return False
+        self._file.seek(index_offset)
+        return zlib.crc32(footer[:24], zlib.crc32(self._file.read(n * _INDEX_ENTRY.size))) == crc
+
     def _check_index(self, index_offset: int) -> None:
         h, n = self._header, len(self._counts)
         if n == 0:
@@ -511,7 +583,11 @@ class TokenFile:
         if bad.size:
             i = int(bad[0])
             raise self._fail(f"index: block {i} has count {int(self._counts[i])}, outside [1, {h['tokens_per_block']}]")
+        if _payload_nbytes(h, int(self._counts.max())) > self._size:  # also keeps the sums below from overflowing
+            raise self._fail(f"index: block {int(self._counts.argmax())} is larger than the file")
         sizes = _RECORD_OVERHEAD + _payload_nbytes(h, self._counts)
+        if float(sizes.sum(dtype=np.float64)) > self._size:
+            raise self._fail("index: the blocks it lists are larger than the file")
         expected = self._data_start + np.concatenate(([0], np.cumsum(sizes)))
         bad = np.flatnonzero(self._offsets != expected[:-1])
         if bad.size or expected[-1] != index_offset:
@@ -563,22 +639,31 @@ class TokenFile:
         if _RECORD_HEAD.unpack(head) != (count, size, flags):
             raise self._fail(f"block {i}: record header disagrees with the index")
         if h["kind"] == "fsq":
-            return torch.from_numpy(unpack_bits(payload, h["bits_per_index"], count))
+            indices = unpack_bits(payload, h["bits_per_index"], count)
+            # Packed at ceil(log2(codebook_size)) bits, an index can exceed the codebook; decoding would wrap it.
+            bad = np.flatnonzero(indices >= h["codebook_size"])
+            if bad.size:
+                j = int(bad[0])
+                raise self._fail(
+                    f"block {i}: token {j} has FSQ index {int(indices[j])}, outside the codebook of "
+                    f"{h['codebook_size']} entries (corrupted data)"
+                )
+            return torch.from_numpy(indices)
         latents = np.frombuffer(payload, dtype="<f2").reshape(count, h["latent_dim"]).astype(np.float32)
+        if not np.isfinite(latents).all():
+            raise self._fail(f"block {i}: VAE latents are NaN or infinite (corrupted data)")
         return torch.from_numpy(latents)
 
     def verify(self) -> None:
-        """Read every block, raising :class:`TokenFileError` at the first checksum failure."""
+        """Read every block, raising :class:`TokenFileError` at the first bad one (checksum, index
+        agreement, FSQ index past the codebook, non-finite VAE latent)."""
         for i in range(self.num_blocks):
             self.read_block(i)
 
     @property
     def context_blocks(self) -> int | None:
         """Earlier blocks each block attended to when encoded (None: all); decoding must repeat it."""
-        window = self._header["settings"].get("context_blocks")
-        if not is_context_window(window):
-            raise self._fail(f"records a context window of {window!r}; expected null or an int >= 1")
-        return window
+        return self._header["settings"].get("context_blocks")  # checked on open
 
     def to_tokens(self, start_block: int = 0, end_block: int | None = None) -> Tokens:
         """Blocks ``start_block:end_block`` as a batch-of-one :class:`Tokens`, padded with zeros.
@@ -592,10 +677,18 @@ class TokenFile:
             raise IndexError(f"block range [{start_block}, {end}) is empty or outside [0, {self.num_blocks})")
         h, n = self._header, end - start_block
         T, fpb = h["tokens_per_block"], h["frames_per_block"]
-        if h["kind"] == "fsq":
-            values = torch.zeros(1, n, T, dtype=torch.long)
-        else:
-            values = torch.zeros(1, n, T, h["latent_dim"], dtype=torch.float32)
+        shape = (1, n, T) if h["kind"] == "fsq" else (1, n, T, h["latent_dim"])
+        need = math.prod(shape) * (8 if h["kind"] == "fsq" else 4)
+        too_big = self._fail(
+            f"blocks {start_block}..{end - 1} take {need / 2**30:.1f} GiB as padded tokens ({n} blocks of {T} "
+            f"token slots), more than this machine can allocate; read fewer blocks at a time"
+        )
+        if need > _memory_bytes():
+            raise too_big
+        try:
+            values = torch.zeros(shape, dtype=torch.long if h["kind"] == "fsq" else torch.float32)
+        except (RuntimeError, MemoryError):  # an allocation failure (e.g. under a memory limit)
+            raise too_big from None
         for j in range(n):
             block = self.read_block(start_block + j)
             values[0, j, : len(block)] = block
@@ -610,7 +703,11 @@ class TokenFile:
         return Tokens(counts, values, h["kind"], frames, size, self.context_blocks, keys, start_block)
 
     def info(self) -> dict[str, Any]:
-        """Header, per-block counts and keyframes, totals; JSON-serialisable."""
+        """Header, per-block counts and keyframes, totals; JSON-serialisable.
+
+        Reads and checks every block first (:meth:`verify`), so a file whose block data is damaged
+        raises :class:`TokenFileError` here rather than being described as sound."""
+        self.verify()
         payload = int(_payload_nbytes(self._header, self._counts).sum())
         return {
             **self.header,
@@ -647,6 +744,28 @@ class TokenFile:
         return f"TokenFile({str(self.path)!r}, kind={h['kind']}, blocks={self.num_blocks}, tokens={self.total_tokens})"
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity; the writer never writes them
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    """repr() of a header value, cut short: messages stay one readable line whatever a file holds."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _memory_bytes() -> int:
+    """Physical memory, the most a padded token tensor may take (unknown: no limit)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return 1 << 62
+
+
 def open_token_file(path: str | os.PathLike[str]) -> TokenFile:
     return TokenFile(path)
 
@@ -668,7 +787,9 @@ def write_tokens(
     if tokens.kind != model.config.bottleneck:
         raise ValueError(f"these are {tokens.kind} tokens but the model has a {model.config.bottleneck} bottleneck")
     if tokens.start_block:
-        raise ValueError(f"these tokens start at block {tokens.start_block} of a longer video; a token file starts at block 0")
+        raise ValueError(
+            f"these tokens start at block {tokens.start_block} of a longer video; a token file starts at block 0"
+        )
     T = model.config.tokens_per_block(tokens.frame_size)
     if tokens.tokens_per_block != T:
         raise ValueError(

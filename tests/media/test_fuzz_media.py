@@ -1,0 +1,73 @@
+"""The short media part of the fuzzing campaign (``benchmarks/fuzz.py``).
+
+Damaged PNG, JPEG and mp4 files (40 of each, built from small real-content seeds) go through
+``load_image`` or ``video_info`` / ``load_video`` / ``iter_video_frames``, each case in a worker
+process under a time limit. What holds today is asserted: no hangs, no wrong results, and no crash
+other than the known ones in ``KNOWN`` (loader bugs reported for ``elastictok.media.io``). The test
+that no case crashes at all is marked xfail while they stand; it passes (XPASS) once they are fixed.
+The full campaign runs 2,000 files of each type (``python benchmarks/fuzz.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO
+
+pytest.importorskip("av", reason="the mp4 cases need PyAV: pip install 'elastictok[video]'")
+
+PER_TYPE = 40
+# (type, exception, where): crashes the campaign finds in the media loaders today.
+KNOWN = {
+    # A stream whose codec FFmpeg does not know (e.g. the sample entry 'avc1' renamed) has no codec context:
+    # video_info reads ctx.height of None (load_video calls video_info).
+    ("mp4", "AttributeError", "in video_info"),
+    # Container metadata that is not UTF-8 (e.g. a damaged encoder tag): av.open raises UnicodeDecodeError,
+    # which _open_video does not catch.
+    ("mp4", "UnicodeDecodeError", "in _open_video"),
+    # Decompression bombs and extreme aspect ratios under Pillow's bomb limit (a 2 KB 12000x9000 PNG, a 1x2000000
+    # PNG that size=(24, 40) cover-resizes to 40x80000000): no pixel limit before allocating; the campaign's
+    # workers have 3 GiB of address space.
+    ("png", "MemoryError", "in load_image"),
+    ("png", "RuntimeError", "in load_image"),
+}
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz-media")
+    counts_file = folder / "counts.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "fuzz.py"), "--only", "png", "jpeg", "mp4",
+           *(f"--{t}={PER_TYPE}" for t in ("png", "jpeg", "mp4")), "--workers", "2", "--timeout", "30", "--quiet",
+           "--json", str(counts_file), "--save", str(folder / "found")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=folder)
+    assert counts_file.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(counts_file.read_text())["targets"]
+
+
+def _problems(counts: dict, outcome: str) -> list[dict]:
+    return [p for p in counts["problems"] if p["outcome"] == outcome]
+
+
+def test_every_file_is_read_or_refused_in_time(campaign):
+    for kind in ("png", "jpeg", "mp4"):
+        counts = campaign[kind]
+        assert counts["cases"] == PER_TYPE
+        assert counts["hang"] == 0 and counts["wrong"] == 0 and counts["harness"] == 0, counts["problems"]
+        assert counts["ok"] > 0 and counts["refused"] > 0  # both undamaged-enough and broken files were reached
+
+
+def test_only_known_crashes(campaign):
+    unknown = [(kind, p) for kind, counts in campaign.items() for p in _problems(counts, "crash")
+               if not any(kind == k and p["kind"] == e and where in p["where"] for k, e, where in KNOWN)]
+    assert not unknown, unknown
+
+
+@pytest.mark.xfail(reason="known media-loader crashes (KNOWN above), reported for elastictok.media.io", strict=False)
+def test_no_crashes(campaign):
+    crashes = {kind: counts["crash"] for kind, counts in campaign.items()}
+    assert crashes == {"png": 0, "jpeg": 0, "mp4": 0}, [p for c in campaign.values() for p in _problems(c, "crash")]
