@@ -30,24 +30,17 @@ Usage::
     python benchmarks/fuzz.py --replay mp4:0:1234 [-o case.mp4]   # rebuild one case and run it here
 """
 
-# ruff: noqa: E402  (the imports follow the sys.path fix below)
 from __future__ import annotations
-
-import os
-import sys
-
-# Run as a script, this folder comes first on sys.path, where a benchmarks/tokenize.py would shadow the standard
-# library's tokenize (which traceback and linecache import): take the folder off the path.
-while os.path.dirname(os.path.abspath(__file__)) in [os.path.abspath(p or os.curdir) for p in sys.path[:1]]:
-    sys.path.pop(0)
 
 import argparse
 import io
 import json
 import math
 import multiprocessing as mp
+import os
 import random
 import struct
+import sys
 import tempfile
 import time
 import traceback
