@@ -70,7 +70,8 @@ def test_decode_refuses_another_model(tmp_path, model_dir, capsys):
 
 
 def test_bad_inputs_get_one_line_errors(tmp_path, model_dir, capsys):
-    assert main(["reconstruct", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o"), "--model", str(model_dir)]) == 2
+    missing = tmp_path / "missing.png"
+    assert main(["reconstruct", str(missing), "-o", str(tmp_path / "o"), "--model", str(model_dir)]) == 2
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all")
     assert main(["encode", str(bad), "-o", str(tmp_path / "b.etok"), "--model", str(model_dir)]) == 2
@@ -123,7 +124,8 @@ def test_bad_media_and_token_files_exit_2(tmp_path, model_dir, capsys):
     assert main(["encode", str(_image()), "-o", str(trunc), "--model", str(model_dir), "--resolution", "32",
                  "--num-tokens", "8"]) == 0
     trunc.write_bytes(trunc.read_bytes()[:-30])
-    for argv in (["decode", str(trunc), "-o", str(tmp_path / "t.png"), "--model", str(model_dir)], ["info", str(trunc)]):
+    decode = ["decode", str(trunc), "-o", str(tmp_path / "t.png"), "--model", str(model_dir)]
+    for argv in (decode, ["info", str(trunc)]):
         assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)

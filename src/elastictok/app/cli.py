@@ -1,13 +1,25 @@
-"""The ``elastictok`` command line. Every verb is a thin call into the library."""
+"""The ``elastictok`` command line. Every verb is a thin call into the library.
+
+Exit status: 0 done; 2 an input error (a bad option, a missing or unreadable input, an output that
+cannot be written, a size above a limit), printed as ONE line naming the option or the path as given;
+130 interrupted (Ctrl-C) and 143 terminated (SIGTERM), one line; 1 a bug, with its traceback. A run
+that does not finish leaves nothing behind: no partial or temporary file, no folder it created.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,7 +31,8 @@ from elastictok.coding.search import SEARCHES
 from elastictok.coding.target import METRICS, Target
 from elastictok.eval.run import Baseline, EvalOptions, evaluate, list_inputs
 from elastictok.files.coding import decode_file, encode_file, reconstruct_file
-from elastictok.files.source import Source
+from elastictok.files.outputs import Undo, check_output_dir, check_output_file
+from elastictok.files.source import DEFAULT_LIMITS, Limits, Source, check_read_options
 from elastictok.media.io import video_info
 from elastictok.media.samples import sample_image_path, write_sample_clip
 from elastictok.metrics.i3d import import_i3d_weights
@@ -38,8 +51,52 @@ UNTRAINED_NOTE = (
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="pretrained directory (config.json + model.safetensors); default: the embedded model")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--model",
+                   help="pretrained directory (config.json + model.safetensors); default: the embedded model")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda, cuda:N or mps (default: cuda where available, else cpu)")
+
+
+def _device_available(kind: str) -> bool | None:
+    """Whether a device type is usable here; None for a type this program does not run on."""
+    if kind == "cpu":
+        return True
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    if kind == "mps":
+        return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if kind == "xpu":
+        return bool(getattr(torch, "xpu", None) and torch.xpu.is_available())
+    return None
+
+
+def check_device(text: str) -> torch.device:
+    """``--device`` parsed and checked against this machine, before any model is loaded."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {text!r} is not a device (expected cpu, cuda, cuda:N or mps)") from None
+    available = _device_available(device.type)
+    if available is None:
+        raise ValueError(f"--device {text!r}: models run on cpu, cuda or mps, not {device.type}")
+    if not available:
+        raise ValueError(f"--device {text!r}: {device.type.upper()} is not available on this machine "
+                         f"(use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def check_input(path: str) -> Path:
+    """The input file as a Path, or a one-line error naming it as given: missing, a folder, unreadable."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"cannot read {path!r}: no such file")
+    if p.is_dir():
+        raise ValueError(f"cannot read {path!r}: it is a folder, not a file")
+    if not os.access(p, os.R_OK):
+        raise ValueError(f"cannot read {path!r}: permission denied")
+    return p
 
 
 def _load_model(args):
@@ -59,61 +116,91 @@ def cmd_convert_official(args) -> int:
     return 0
 
 
-def _inputs(args) -> list[tuple[str, Path]]:
+def _check_run(args) -> tuple[CodingOptions, Limits]:
+    """Every reconstruct/encode option checked before the model is loaded or a file is read."""
+    options = _coding(args)
+    check_read_options(args.fps, args.max_frames)
+    if args.resolution is not None and args.resolution < 1:
+        raise ValueError(f"expected --resolution to be a positive number of pixels, got {args.resolution}")
+    return options, _limits(args)
+
+
+def _inputs(args, undo: Undo) -> list[tuple[str, Path]]:
     """(name, path) of each input; --sample stands for the bundled image and a clip made from it."""
     if args.sample:
-        clip = Path(args.output) / "_sample_clip.mp4"
-        clip.parent.mkdir(parents=True, exist_ok=True)
+        undo.dirs(args.output)
+        clip = undo.file(Path(args.output) / "_sample_clip.mp4")
         write_sample_clip(clip)
         return [("sample_image", sample_image_path()), ("sample_clip", clip)]
-    if not args.input:
-        raise SystemExit("error: give an INPUT image or video, or --sample")
     return [(Path(args.input).stem, Path(args.input))]
 
 
 def cmd_reconstruct(args) -> int:
+    if args.sample and args.input:
+        raise ValueError(f"give an INPUT or --sample, not both (got {args.input!r} and --sample)")
+    if not args.sample and not args.input:
+        raise ValueError("give an INPUT image or video, or --sample")
+    options, limits = _check_run(args)
+    if args.input:
+        check_input(args.input)
+    check_output_dir(args.output)
     model = _load_model(args)
-    inputs = _inputs(args)
-    for name, path in inputs:
-        source = Source.open(path, model, args.resolution, args.fps, args.max_frames)
-        out = Path(args.output) / name if len(inputs) > 1 else Path(args.output)
-        stats = reconstruct_file(model, source, out, _coding(args), on_block=_progress(source, name, model.config.frames_per_block))
-        print(
-            f"{name}: {stats['total_tokens']}/{stats['max_total_tokens']} tokens, "
-            f"mean PSNR {stats['mean_psnr']:.2f} dB -> {out}"
-        )
+    with Undo() as undo:
+        inputs = _inputs(args, undo)
+        for name, path in inputs:
+            source = Source.open(path, model, args.resolution, args.fps, args.max_frames, limits=limits)
+            out = Path(args.output) / name if len(inputs) > 1 else Path(args.output)
+            if len(inputs) > 1:
+                undo.dirs(out)
+            with _progress(source, name, model.config.frames_per_block) as on_block:
+                stats = reconstruct_file(model, source, out, options, on_block=on_block)
+            print(
+                f"{name}: {stats['total_tokens']}/{stats['max_total_tokens']} tokens, "
+                f"mean PSNR {stats['mean_psnr']:.2f} dB -> {out}"
+            )
     if args.sample:
         (Path(args.output) / "_sample_clip.mp4").unlink(missing_ok=True)
     return 0
 
 
+def _limits(args) -> Limits:
+    return Limits(pixels=args.limit_pixels, aspect=args.limit_aspect, resolution=args.limit_resolution,
+                  frames=args.limit_frames)
+
+
 def _coding(args) -> CodingOptions:
     given = args.metric is not None or args.threshold is not None  # else the model's declared target
     return CodingOptions(
-        target=Target(args.metric or "mse", args.threshold) if given else None, search=args.search, num_tokens=args.num_tokens,
-        budget=args.budget, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
+        target=Target(args.metric or "mse", args.threshold) if given else None, search=args.search,
+        num_tokens=args.num_tokens, budget=args.budget, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
         context_blocks=args.context_blocks, keyframe_interval=args.keyframe_interval,
         cut_threshold=None if args.no_scene_cuts else args.cut_threshold,
     )
 
 
-def _progress(source, name, frames_per_block: int):
-    """A tqdm bar over blocks for videos (an image is one block)."""
+@contextmanager
+def _progress(source, name, frames_per_block: int) -> Iterator[Callable | None]:
+    """A tqdm bar over blocks for videos (an image is one block), on a terminal only; closed on exit."""
     if not source.is_video:
-        return None
+        yield None
+        return
     info = video_info(source.path)
     frames = info.frames if info.frames else None
     if frames and source.fps and info.fps:
         frames = int(frames * source.fps / info.fps)
     if frames and source.max_frames:
         frames = min(frames, source.max_frames)
-    bar = tqdm(total=-(-frames // frames_per_block) if frames else None, desc=name, unit="block", leave=False)
+    bar = tqdm(total=-(-frames // frames_per_block) if frames else None, desc=name, unit="block", leave=False,
+               disable=None)  # None: no bar when stderr is not a terminal (logs, pipes, tests)
 
     def update(cb) -> None:
         bar.update(1)
         bar.set_postfix(tokens=cb.count)
 
-    return update
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def _add_coding_args(p: argparse.ArgumentParser) -> None:
@@ -126,7 +213,8 @@ def _add_coding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-tokens", type=int, help="fewest tokens a block may get (default: the model's minimum)")
     p.add_argument("--max-tokens", type=int, help="most tokens a block may get (default: all)")
     p.add_argument("--budget", type=float, help="average tokens per block over the whole video (rate control)")
-    p.add_argument("--context-blocks", type=int, help="earlier blocks each block attends to (default: as many as the model was trained with)")
+    p.add_argument("--context-blocks", type=int,
+                   help="earlier blocks each block attends to (default: as many as the model was trained with)")
     p.add_argument("--keyframe-interval", type=int, help="reset the context every N blocks (random access)")
     p.add_argument("--cut-threshold", type=float, default=DEFAULT_CUT_THRESHOLD,
                    help=f"mean pixel change that marks a scene cut (default {DEFAULT_CUT_THRESHOLD})")
@@ -136,15 +224,36 @@ def _add_coding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, help="read at most this many frames")
 
 
+def _add_limit_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("limits", "inputs beyond these are refused before anything is decoded (docs/limits.md)")
+    g.add_argument("--limit-pixels", type=int, default=DEFAULT_LIMITS.pixels, metavar="N",
+                   help=f"most pixels per frame at the coded size (default {DEFAULT_LIMITS.pixels:,}: 1920x1080)")
+    g.add_argument("--limit-aspect", type=float, default=DEFAULT_LIMITS.aspect, metavar="R",
+                   help=f"largest aspect ratio, longer side over shorter (default {DEFAULT_LIMITS.aspect:g})")
+    g.add_argument("--limit-resolution", type=int, default=DEFAULT_LIMITS.resolution, metavar="PX",
+                   help=f"largest --resolution (default {DEFAULT_LIMITS.resolution})")
+    g.add_argument("--limit-frames", type=int, default=DEFAULT_LIMITS.frames, metavar="N",
+                   help=f"most frames coded from one video (default {DEFAULT_LIMITS.frames:,})")
+
+
 def cmd_encode(args) -> int:
+    options, limits = _check_run(args)
+    check_input(args.input)
+    check_output_file(args.output, inputs=[args.input])
     model = _load_model(args)
-    source = Source.open(args.input, model, args.resolution, args.fps, args.max_frames)
-    stats = encode_file(model, source, args.output, _coding(args), on_block=_progress(source, Path(args.input).name, model.config.frames_per_block))
-    print(f"{args.input}: {stats['total_tokens']}/{stats['max_total_tokens']} tokens in {stats['seconds']:.2f} s -> {args.output}")
+    source = Source.open(args.input, model, args.resolution, args.fps, args.max_frames, limits=limits)
+    with _progress(source, Path(args.input).name, model.config.frames_per_block) as on_block:
+        stats = encode_file(model, source, args.output, options, on_block=on_block)
+    print(f"{args.input}: {stats['total_tokens']}/{stats['max_total_tokens']} tokens in {stats['seconds']:.2f} s "
+          f"-> {args.output}")
     return 0
 
 
 def cmd_decode(args) -> int:
+    if args.start_block < 0:
+        raise ValueError(f"expected --start-block to be a block index >= 0, got {args.start_block}")
+    check_input(args.input)
+    check_output_file(args.output, inputs=[args.input])
     model = _load_model(args)
     print(f"wrote {decode_file(model, args.input, args.output, start_block=args.start_block)}")
     return 0
@@ -174,7 +283,8 @@ def cmd_eval(args) -> int:
         thresholds=tuple(args.thresholds), resolution=args.resolution, max_items=args.max_items, frames=args.frames,
         grid_points=args.grid, search=args.search, fvd=not args.no_fvd, codecs=not args.no_codecs, batch=args.batch,
     )
-    results = evaluate(model, inputs, kind, args.output, options, baselines, model_name=args.model or "embedded default")
+    results = evaluate(model, inputs, kind, args.output, options, baselines,
+                       model_name=args.model or "embedded default")
     for key, entry in results["token_share"].items():
         gain = entry["gains"]["at_uniform_full"]["gain"]
         print(f"MSE <= {key}: {entry['uniform_share_at_full_tokens']:.1%} of {kind} blocks meet it at full tokens; "
@@ -237,16 +347,24 @@ def cmd_export(args) -> int:
 
 def cmd_demo(args) -> int:
     try:
-        launch(model_dir=args.model, port=args.port, host=args.host, device=args.device, max_upload_mb=args.max_upload_mb,
-               max_seconds=args.max_seconds, max_frames=args.max_frames, concurrency=args.concurrency)
+        launch(model_dir=args.model, port=args.port, host=args.host, device=args.device,
+               max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds, max_frames=args.max_frames,
+               concurrency=args.concurrency)
     except ImportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, like every other input error (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="elastictok", description="Adaptive tokenization of images and video.")
+    parser = _Parser(prog="elastictok", description="Adaptive tokenization of images and video.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert-official", help="convert an official JAX params file to a pretrained directory")
@@ -262,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", action="store_true", help="use the bundled sample image and clip")
     p.add_argument("-o", "--output", required=True, help="output directory")
     _add_coding_args(p)
+    _add_limit_args(p)
     _add_model_args(p)
     p.set_defaults(func=cmd_reconstruct)
 
@@ -269,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="image or video file")
     p.add_argument("-o", "--output", required=True, help="output .etok file")
     _add_coding_args(p)
+    _add_limit_args(p)
     _add_model_args(p)
     p.set_defaults(func=cmd_encode)
 
@@ -383,12 +503,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that the same cleanup as for Ctrl-C runs."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_raises(command: str) -> Iterator[None]:
+    # Not for train: under torchrun a worker stuck in a collective must still die on SIGTERM at once.
+    if command == "train" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {_one_line(message)}", file=sys.stderr)
+
+
+def _one_line(err: object) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines) or type(err).__name__
+
+
+# Input errors: what the library raises on bad input (ValueError and its subclasses: MediaError,
+# OutputError, TokenFileError, LimitError, ...) and files the user named that cannot be used.
+INPUT_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+# OSErrors of the surroundings rather than of the program: full disk, read-only file system, long names.
+_SURROUNDING_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
+
+
+def _is_input_error(err: BaseException) -> bool:
+    return isinstance(err, INPUT_ERRORS) or (isinstance(err, OSError) and err.errno in _SURROUNDING_ERRNOS)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # the project's input errors; anything else is a bug
-        print(f"error: {err}", file=sys.stderr)
+        with _sigterm_raises(args.command), warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # one line each, e.g. a video that looks cut short
+            if getattr(args, "device", None) is not None and args.command != "train":  # train has its own "auto"
+                check_device(args.device)
+            return args.func(args)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if not _is_input_error(err):
+            raise  # a bug: keep the traceback (exit 1)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

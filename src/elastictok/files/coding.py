@@ -3,6 +3,10 @@
 Nothing here holds a whole video: ``encode_file`` appends each block to the ``.etok`` file as soon as
 it is coded, ``reconstruct_file`` also streams the reconstruction into an mp4, and ``decode_file``
 decodes block by block into the output video. The CLI and the web demo both call these.
+
+Outputs are checked before any work (a missing or unwritable folder, a folder where a file goes, a
+file where a folder goes raise ``OutputError`` naming the path as given), and a run that fails or is
+interrupted leaves nothing behind: no temporary file, no partial output, no folder it created.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ import torch
 from elastictok.coding.options import CodingOptions
 from elastictok.coding.ratecontrol import plan_counts
 from elastictok.coding.streaming import CodedBlock, code_blocks, decode_blocks, frames_of
+from elastictok.files.outputs import Undo, check_output_dir, check_output_file
 from elastictok.files.plot import plot_blocks, side_by_side
 from elastictok.files.source import Source
 from elastictok.media import io
 from elastictok.model.autoencoder import ElasticTok
 from elastictok.tokenfile.format import TokenFileWriter, open_token_file
-from elastictok.utils.files import write_json
+from elastictok.utils.files import OutputError, write_json
+
+# What reconstruct_file writes into its folder.
+RECONSTRUCT_FILES = ("tokens.etok", "recon.png", "compare.png", "recon.mp4", "compare.mp4", "blocks.png", "stats.json")
 
 
 def run(model: ElasticTok, source: Source, options: CodingOptions) -> tuple[Iterator[CodedBlock], dict]:
@@ -84,8 +92,12 @@ class BlockWriter:
         model, source = self.model, self.source
         blocks, self.report = run(model, source, self.options)
         T = model.config.tokens_per_block(source.size)
-        with TokenFileWriter.for_model(self.out_path, model, frame_size=source.size, fps=source.fps,
-                                       settings=self.options.settings()) as writer:
+        try:
+            writer = TokenFileWriter.for_model(self.out_path, model, frame_size=source.size, fps=source.fps,
+                                               settings=self.options.settings())
+        except OSError as err:  # the writer's own message names its hidden temporary file
+            raise OutputError(f"cannot write {str(self.out_path)!r}: {err.strerror or err}") from err
+        try:
             for cb in blocks:
                 writer.write_block(_values(model, cb), cb.count, keyframe=cb.keyframe)
                 self.stats.append(block_stats(cb, T))
@@ -93,10 +105,25 @@ class BlockWriter:
                     self.on_block(cb)
                 yield cb
             writer.set_num_frames(source.frames_read)
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            _close(blocks)  # stop the frame reader now, not at garbage collection
+        try:
+            writer.close()
+        except OSError as err:
+            raise OutputError(f"cannot write {str(self.out_path)!r}: {err.strerror or err}") from err
 
     def summary(self) -> dict:
         seconds = time.perf_counter() - self.start
         return summarize(self.stats, self.source, self.options, self.report, seconds)
+
+
+def _close(iterator: Iterator) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
 
 
 def _prepared(model: ElasticTok, source: Source, options: CodingOptions) -> CodingOptions:
@@ -109,10 +136,19 @@ def encode_file(
     model: ElasticTok, source: Source, out_path, options: CodingOptions,
     on_block: Callable[[CodedBlock], None] | None = None,
 ) -> dict:
-    """Code ``source`` block by block into ``out_path`` (.etok), appending each block as it is coded."""
-    writer = BlockWriter(model, source, out_path, _prepared(model, source, options), on_block)
-    for _ in writer:
-        pass
+    """Code ``source`` block by block into ``out_path`` (.etok), appending each block as it is coded.
+
+    The output is checked first; the file appears only once complete (a failure leaves none).
+    """
+    options = _prepared(model, source, options)
+    check_output_file(out_path, inputs=[source.path])
+    writer = BlockWriter(model, source, out_path, options, on_block)
+    blocks = iter(writer)
+    try:
+        for _ in blocks:
+            pass
+    finally:
+        _close(blocks)  # on an interrupt between blocks, the writer aborts here and now
     return writer.summary()
 
 
@@ -123,24 +159,40 @@ def reconstruct_file(
     """Write ``tokens.etok``, ``recon`` and ``compare`` (png or mp4), ``blocks.png`` and ``stats.json``.
 
     Videos stream: the reconstruction goes to recon.mp4 block by block while the token file grows,
-    and compare.mp4 is made afterwards from the input and recon.mp4, frame by frame.
+    and compare.mp4 is made afterwards from the input and recon.mp4, frame by frame. ``out_dir`` is
+    checked first; if the run fails, the files it wrote and the folders it created are removed.
     """
     options = _prepared(model, source, options)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out_dir)
+    with Undo() as undo:
+        if out.exists():
+            for name in RECONSTRUCT_FILES:
+                undo.file(out / name)
+        else:
+            undo.dirs(out)
+        return _reconstruct(model, source, out, options, on_block)
+
+
+def _reconstruct(model: ElasticTok, source: Source, out: Path, options: CodingOptions,
+                 on_block: Callable[[CodedBlock], None] | None) -> dict:
     writer = BlockWriter(model, source, out / "tokens.etok", options, on_block)
     last: list[torch.Tensor] = []
 
     def recon_frames() -> Iterator[torch.Tensor]:
-        for cb in writer:
-            last[:] = [cb.recon]
-            # The source has counted this block's real frames by now; padding is never emitted.
-            real = source.frames_read - cb.index * model.config.frames_per_block
-            yield from (cb.recon[0, :, t] for t in range(real))
+        blocks = iter(writer)
+        try:
+            for cb in blocks:
+                last[:] = [cb.recon]
+                # The source has counted this block's real frames by now; padding is never emitted.
+                real = source.frames_read - cb.index * model.config.frames_per_block
+                yield from (cb.recon[0, :, t] for t in range(real))
+        finally:
+            _close(blocks)
 
     if source.is_video:
         io.save_video(recon_frames(), out / "recon.mp4", source.fps)
-        compare = (side_by_side(a[:, None], b[:, None])[:, 0] for a, b in zip(source.frames(), io.iter_video_frames(out / "recon.mp4")))
+        pairs = zip(source.frames(), io.iter_video_frames(out / "recon.mp4"))
+        compare = (side_by_side(a[:, None], b[:, None])[:, 0] for a, b in pairs)
         io.save_video(compare, out / "compare.mp4", source.fps)
     else:
         for _ in recon_frames():
@@ -168,12 +220,16 @@ def decode_frames(model: ElasticTok, f, start_block: int = 0) -> Iterator[torch.
 
 def decode_file(model: ElasticTok, etok_path, out_path, start_block: int = 0) -> Path:
     """Decode an ``.etok`` file into an image or a video (streamed), from block 0 or a keyframe."""
+    check_output_file(out_path, inputs=[etok_path])
     with open_token_file(etok_path) as f:
         frames = decode_frames(model, f, start_block)
         if Path(out_path).suffix.lower() in io.VIDEO_EXTS:
             return io.save_video(frames, out_path, f.header.get("fps") or 24.0)
         if f.num_frames - start_block * model.config.frames_per_block != 1:
             raise ValueError(f"{etok_path} holds {f.num_frames} frames; write it to a video file such as out.mp4")
+        if Path(out_path).suffix.lower() not in io.IMAGE_EXTS:  # before decoding, not after
+            known = ", ".join(sorted(io.IMAGE_EXTS | io.VIDEO_EXTS))
+            raise io.MediaError(f"cannot write {str(out_path)!r}: unsupported extension (expected one of {known})")
         return io.save_image(next(frames), out_path)
 
 

@@ -8,12 +8,16 @@ Every failure to read or write media raises :class:`MediaError` with one line na
 was expected and what was found; PyAV and Pillow exceptions never escape raw. Writes are atomic: the
 data goes to a hidden temporary file next to the target, which is renamed over the target only
 once complete, so a failed write leaves neither a partial file nor a temporary behind.
+
+A video whose frames stop well before the duration its header declares (a file cut short, with the
+index at the front) is read as far as it goes, with a :class:`TruncatedVideoWarning`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from fractions import Fraction
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 from torch import Tensor
 
 from elastictok.utils.files import atomic_path
@@ -36,8 +40,10 @@ __all__ = [
     "IMAGE_EXTS",
     "VIDEO_EXTS",
     "MediaError",
+    "TruncatedVideoWarning",
     "VideoInfo",
     "crop_to_multiple",
+    "image_size",
     "is_video_path",
     "iter_video_frames",
     "load_image",
@@ -48,6 +54,7 @@ __all__ = [
     "save_video",
     "to_uint8",
     "to_unit",
+    "video_duration",
     "video_info",
 ]
 
@@ -72,10 +79,23 @@ _PIL_WRITE_FORMATS = {
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 _DEFAULT_FPS = 25.0  # FFmpeg's own fallback when a container states no rate at all
 _TIME_EPS = 1e-6
+# EXIF orientations that exif_transpose turns by 90 degrees (transpose, rotations, transverse).
+_SWAPPED_ORIENTATIONS = frozenset({5, 6, 7, 8})
+# A video counts as cut short when its frames end this much before the declared duration: more than
+# _SHORT_FRAMES frame times and more than _SHORT_SHARE of it. Whole files end within two frame times
+# of it (edit lists, AVI timing); real truncations miss seconds.
+_SHORT_FRAMES = 3
+_SHORT_SHARE = 0.05
+# Largest intermediate of a cover-resize (pixels); beyond it only the kept crop is resized.
+_MAX_COVER_PIXELS = 1 << 24
 
 
 class MediaError(ValueError):
     """A media file could not be read or written, or a tensor has the wrong shape for it."""
+
+
+class TruncatedVideoWarning(UserWarning):
+    """A video's decodable frames end well before the duration its header declares (a cut-short file)."""
 
 
 class VideoInfo(NamedTuple):
@@ -145,10 +165,19 @@ def _cover_size(h: int, w: int, th: int, tw: int) -> tuple[int, int]:
 
 
 def _fit_pil(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Resize so ``image`` covers ``size`` (bilinear, as the official code) then centre-crop to it."""
+    """Resize so ``image`` covers ``size`` (bilinear, as the official code) then centre-crop to it.
+
+    When the covering size would be huge (a sliver of an image cover-resized to a wide frame), only
+    the part that survives the crop is resized, through the same coordinate mapping.
+    """
     th, tw = size
     w, h = image.size
     nh, nw = _cover_size(h, w, th, tw)
+    if nh * nw > _MAX_COVER_PIXELS:
+        top, left = (nh - th) // 2, (nw - tw) // 2
+        sy, sx = h / nh, w / nw
+        box = (left * sx, top * sy, (left + tw) * sx, (top + th) * sy)
+        return image.resize((tw, th), Image.Resampling.BILINEAR, box=box)
     if (nh, nw) != (h, w):
         image = image.resize((nw, nh), Image.Resampling.BILINEAR)
     if (nh, nw) == (th, tw):
@@ -222,6 +251,8 @@ def _existing_file(path: PathLike, what: str) -> Path:
 
 
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:  # not str(): that names the hidden temporary file
+        return exc.strerror
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -278,6 +309,23 @@ def _read_rgb(path: PathLike) -> Image.Image:
         raise MediaError(f"cannot read {str(path)!r} as an image: {_one_line(exc)}") from exc
 
 
+def image_size(path: PathLike) -> tuple[int, int]:
+    """(height, width) of an image file as :func:`load_image` reads it: upright, after its EXIF orientation.
+
+    Reads the header (and the EXIF block) only; no pixels are decoded for JPEG and most other formats.
+    """
+    p = _existing_file(path, "an image")
+    try:
+        with Image.open(p) as image:
+            w, h = image.size
+            # The same tag, read the same way, as ImageOps.exif_transpose in _read_rgb.
+            if image.getexif().get(ExifTags.Base.Orientation, 1) in _SWAPPED_ORIENTATIONS:
+                w, h = h, w
+    except Exception as exc:  # Pillow raises many unrelated types on corrupt input
+        raise MediaError(f"cannot read {str(path)!r} as an image: {_one_line(exc)}") from exc
+    return h, w
+
+
 def load_image(path: PathLike, size: Size | None = None, multiple: Size | None = None) -> Tensor:
     """Read an image file as a one-frame video ``(3, 1, H, W)`` in ``[-1, 1]``.
 
@@ -304,12 +352,14 @@ def _open_video(path: PathLike) -> tuple[av.container.InputContainer, av.video.s
     av = _av()
     try:
         container = av.open(str(p), mode="r")
-    except av.error.FFmpegError as exc:
+    except Exception as exc:  # FFmpegError, and e.g. UnicodeDecodeError on damaged metadata
         raise MediaError(f"cannot read {str(path)!r} as a video: {_reason(exc)}") from exc
-    if not container.streams.video:
+    stream = container.streams.video[0] if container.streams.video else None
+    if stream is None or stream.codec_context is None:
         container.close()
-        raise MediaError(f"cannot read {str(path)!r} as a video: no video stream")
-    return container, container.streams.video[0]
+        what = "no video stream" if stream is None else "its video codec is unknown"
+        raise MediaError(f"cannot read {str(path)!r} as a video: {what}")
+    return container, stream
 
 
 def _reason(exc: BaseException) -> str:
@@ -325,6 +375,26 @@ def _stream_fps(stream: av.video.stream.VideoStream) -> float:
     return _DEFAULT_FPS
 
 
+def _declared_duration(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> float | None:
+    """Seconds the header says the video stream lasts (else the container), or None."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def video_duration(path: PathLike) -> float | None:
+    """The duration in seconds the header declares, without decoding; None when it does not say."""
+    container, stream = _open_video(path)
+    try:
+        return _declared_duration(container, stream)
+    finally:
+        container.close()
+
+
 def video_info(path: PathLike) -> VideoInfo:
     """Frame count, frame rate and frame size from the container header, without decoding.
 
@@ -333,24 +403,33 @@ def video_info(path: PathLike) -> VideoInfo:
     container, stream = _open_video(path)
     try:
         ctx = stream.codec_context
+        if not (ctx.height and ctx.width):
+            raise MediaError(f"cannot read {str(path)!r} as a video: its header gives no frame size")
         return VideoInfo(stream.frames or None, _stream_fps(stream), ctx.height, ctx.width)
     finally:
         container.close()
 
 
 def _timed_frames(
-    path: PathLike, container: av.container.InputContainer, stream: av.video.stream.VideoStream
+    path: PathLike, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+    seen: list[float] | None = None,
 ) -> Iterator[tuple[float, av.VideoFrame]]:
-    """Decoded frames with presentation times in seconds, shifted so the first frame is at 0."""
+    """Decoded frames with presentation times in seconds, shifted so the first frame is at 0.
+
+    ``seen``, when given, gets the count and the last time appended as ``[count, time]`` on exhaustion.
+    """
     decode_error = _av().error.FFmpegError
     fallback_rate = _stream_fps(stream)
     start: float | None = None
     index = 0
     decoded = container.decode(stream)
+    last = 0.0
     while True:
         try:
             frame = next(decoded)
         except StopIteration:
+            if seen is not None:
+                seen[:] = [index, last]
             return
         except decode_error as exc:
             raise MediaError(
@@ -359,7 +438,8 @@ def _timed_frames(
         # Frames without timestamps (rare raw streams) are assumed evenly spaced.
         t = frame.time if frame.time is not None else index / fallback_rate
         start = t if start is None else start
-        yield t - start, frame
+        last = t - start
+        yield last, frame
         index += 1
 
 
@@ -433,16 +513,37 @@ def _decode_u8(
     container, stream = _open_video(path)
     stream.thread_type = "AUTO"
     count = 0
+    seen: list[float] = []
     try:
-        timed = _timed_frames(path, container, stream)
+        timed = _timed_frames(path, container, stream, seen)
         frames = _resample(timed, fps, 1 / _stream_fps(stream)) if fps is not None else (f for _, f in timed)
         for frame in frames:
             yield _frame_pixels(frame, size, multiple)
             count += 1
+        declared = (stream.frames or None, _declared_duration(container, stream), _stream_fps(stream))
     finally:
         container.close()
     if count == 0:
         raise MediaError(f"cannot read {str(path)!r} as a video: it contains no decodable frames")
+    if seen:
+        _warn_if_cut_short(path, int(seen[0]), seen[1], *declared)
+
+
+def _warn_if_cut_short(
+    path: PathLike, decoded: int, last: float, frames: int | None, duration: float | None, fps: float
+) -> None:
+    """Warn (TruncatedVideoWarning) when the decoded frames end well before the declared duration."""
+    if not duration:
+        return
+    end = last + 1 / fps  # the last frame lasts one frame time
+    if duration - end <= max(_SHORT_FRAMES / fps, _SHORT_SHARE * duration):
+        return
+    expected = f"{frames} frames" if frames else f"about {round(duration * fps)} frames"
+    warnings.warn(
+        f"{str(path)!r} looks cut short: its header declares {expected} ({duration:.2f} s) but only "
+        f"{decoded} frames ({end:.2f} s) could be decoded; those are used",
+        TruncatedVideoWarning, stacklevel=2,
+    )
 
 
 def iter_video_frames(
