@@ -51,7 +51,7 @@ def no_model(monkeypatch):
     def refuse(args):
         raise AssertionError("the model was loaded before the command line was checked")
 
-    monkeypatch.setattr(cli, "_load_model", refuse)
+    monkeypatch.setattr(cli, "load_model", refuse)
 
 
 @pytest.fixture

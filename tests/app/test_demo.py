@@ -171,7 +171,8 @@ def server(tmp_path_factory, model):
     from elastictok.weights.pretrained import WEIGHTS_NAME, default_model_dir
 
     chosen = [] if (default_model_dir() / WEIGHTS_NAME).is_file() else ["--model", str(model_dir)]
-    cmd = [sys.executable, "-m", "elastictok.app.cli", "demo", *chosen, "--port", str(port), "--device", "cpu", "--max-frames", str(SERVER_FRAMES), "--max-seconds", "8", "--max-upload-mb", "5"]
+    cmd = [sys.executable, "-m", "elastictok", "demo", *chosen, "--port", str(port), "--device", "cpu",
+           "--max-frames", str(SERVER_FRAMES), "--max-seconds", "8", "--max-upload-mb", "5"]
     log = (base / "server.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=base)
     url = f"http://127.0.0.1:{port}/"

@@ -22,17 +22,25 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
+from elastictok.app.args import (
+    add_coding_args,
+    add_limit_args,
+    add_model_args,
+    check_device,
+    coding_options,
+    limits_of,
+    load_model,
+)
 from elastictok.app.demo import launch
-from elastictok.coding.options import DEFAULT_CUT_THRESHOLD, CodingOptions
+from elastictok.app.tokenize import add_parsers as add_dataset_parsers
+from elastictok.coding.options import CodingOptions
 from elastictok.coding.search import SEARCHES
-from elastictok.coding.target import METRICS, Target
 from elastictok.eval.run import Baseline, EvalOptions, evaluate, list_inputs
 from elastictok.files.coding import decode_file, encode_file, reconstruct_file
 from elastictok.files.outputs import Undo, check_output_dir, check_output_file
-from elastictok.files.source import DEFAULT_LIMITS, Limits, Source, check_read_options
+from elastictok.files.source import Limits, Source, check_read_options
 from elastictok.media.io import video_info
 from elastictok.media.samples import sample_image_path, write_sample_clip
 from elastictok.metrics.i3d import import_i3d_weights
@@ -41,50 +49,6 @@ from elastictok.tokenfile.format import open_token_file
 from elastictok.train import TrainConfig, TrainingDiverged, export_pretrained, train
 from elastictok.train.data import pack_dataset
 from elastictok.weights.official import convert_official_checkpoint, load_official_config
-from elastictok.weights.pretrained import load_default_model, load_pretrained
-
-UNTRAINED_NOTE = (
-    "NOTE: the embedded default model's weights are missing from this installation; using a randomly "
-    "initialised '{preset}' model. "
-    "Its reconstructions are noise: pass --model DIR for real results."
-)
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model",
-                   help="pretrained directory (config.json + model.safetensors); default: the embedded model")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu, cuda, cuda:N or mps (default: cuda where available, else cpu)")
-
-
-def _device_available(kind: str) -> bool | None:
-    """Whether a device type is usable here; None for a type this program does not run on."""
-    if kind == "cpu":
-        return True
-    if kind == "cuda":
-        return torch.cuda.is_available()
-    if kind == "mps":
-        return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    if kind == "xpu":
-        return bool(getattr(torch, "xpu", None) and torch.xpu.is_available())
-    return None
-
-
-def check_device(text: str) -> torch.device:
-    """``--device`` parsed and checked against this machine, before any model is loaded."""
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"--device {text!r} is not a device (expected cpu, cuda, cuda:N or mps)") from None
-    available = _device_available(device.type)
-    if available is None:
-        raise ValueError(f"--device {text!r}: models run on cpu, cuda or mps, not {device.type}")
-    if not available:
-        raise ValueError(f"--device {text!r}: {device.type.upper()} is not available on this machine "
-                         f"(use --device cpu)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 def check_input(path: str) -> Path:
@@ -99,15 +63,6 @@ def check_input(path: str) -> Path:
     return p
 
 
-def _load_model(args):
-    if args.model:
-        return load_pretrained(args.model, device=args.device)
-    model, trained = load_default_model(device=args.device)
-    if not trained:
-        print(UNTRAINED_NOTE.format(preset="small"), file=sys.stderr)
-    return model
-
-
 def cmd_convert_official(args) -> int:
     frame_size = args.resolution
     config = load_official_config(args.config, key=args.config_key, frame_size=frame_size)
@@ -118,11 +73,11 @@ def cmd_convert_official(args) -> int:
 
 def _check_run(args) -> tuple[CodingOptions, Limits]:
     """Every reconstruct/encode option checked before the model is loaded or a file is read."""
-    options = _coding(args)
+    options = coding_options(args)
     check_read_options(args.fps, args.max_frames)
     if args.resolution is not None and args.resolution < 1:
         raise ValueError(f"expected --resolution to be a positive number of pixels, got {args.resolution}")
-    return options, _limits(args)
+    return options, limits_of(args)
 
 
 def _inputs(args, undo: Undo) -> list[tuple[str, Path]]:
@@ -144,7 +99,7 @@ def cmd_reconstruct(args) -> int:
     if args.input:
         check_input(args.input)
     check_output_dir(args.output)
-    model = _load_model(args)
+    model = load_model(args)
     with Undo() as undo:
         inputs = _inputs(args, undo)
         for name, path in inputs:
@@ -161,21 +116,6 @@ def cmd_reconstruct(args) -> int:
     if args.sample:
         (Path(args.output) / "_sample_clip.mp4").unlink(missing_ok=True)
     return 0
-
-
-def _limits(args) -> Limits:
-    return Limits(pixels=args.limit_pixels, aspect=args.limit_aspect, resolution=args.limit_resolution,
-                  frames=args.limit_frames)
-
-
-def _coding(args) -> CodingOptions:
-    given = args.metric is not None or args.threshold is not None  # else the model's declared target
-    return CodingOptions(
-        target=Target(args.metric or "mse", args.threshold) if given else None, search=args.search,
-        num_tokens=args.num_tokens, budget=args.budget, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
-        context_blocks=args.context_blocks, keyframe_interval=args.keyframe_interval,
-        cut_threshold=None if args.no_scene_cuts else args.cut_threshold,
-    )
 
 
 @contextmanager
@@ -203,44 +143,11 @@ def _progress(source, name, frames_per_block: int) -> Iterator[Callable | None]:
         bar.close()
 
 
-def _add_coding_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metric", choices=METRICS,
-                   help="quality target metric (default: the model's declared target, else mse 0.003)")
-    p.add_argument("--threshold", type=float,
-                   help="target value (defaults per metric: mse 0.003, psnr 31.25, ssim 0.9, lpips 0.1)")
-    p.add_argument("--num-tokens", type=int, help="keep this many tokens in every block instead of searching")
-    p.add_argument("--search", choices=SEARCHES, default="fast", help="token-count search (default fast)")
-    p.add_argument("--min-tokens", type=int, help="fewest tokens a block may get (default: the model's minimum)")
-    p.add_argument("--max-tokens", type=int, help="most tokens a block may get (default: all)")
-    p.add_argument("--budget", type=float, help="average tokens per block over the whole video (rate control)")
-    p.add_argument("--context-blocks", type=int,
-                   help="earlier blocks each block attends to (default: as many as the model was trained with)")
-    p.add_argument("--keyframe-interval", type=int, help="reset the context every N blocks (random access)")
-    p.add_argument("--cut-threshold", type=float, default=DEFAULT_CUT_THRESHOLD,
-                   help=f"mean pixel change that marks a scene cut (default {DEFAULT_CUT_THRESHOLD})")
-    p.add_argument("--no-scene-cuts", action="store_true", help="never reset the context at detected cuts")
-    p.add_argument("--resolution", type=int, help="shorter side in pixels for any-size models")
-    p.add_argument("--fps", type=float, help="resample video to this frame rate")
-    p.add_argument("--max-frames", type=int, help="read at most this many frames")
-
-
-def _add_limit_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("limits", "inputs beyond these are refused before anything is decoded (docs/limits.md)")
-    g.add_argument("--limit-pixels", type=int, default=DEFAULT_LIMITS.pixels, metavar="N",
-                   help=f"most pixels per frame at the coded size (default {DEFAULT_LIMITS.pixels:,}: 1920x1080)")
-    g.add_argument("--limit-aspect", type=float, default=DEFAULT_LIMITS.aspect, metavar="R",
-                   help=f"largest aspect ratio, longer side over shorter (default {DEFAULT_LIMITS.aspect:g})")
-    g.add_argument("--limit-resolution", type=int, default=DEFAULT_LIMITS.resolution, metavar="PX",
-                   help=f"largest --resolution (default {DEFAULT_LIMITS.resolution})")
-    g.add_argument("--limit-frames", type=int, default=DEFAULT_LIMITS.frames, metavar="N",
-                   help=f"most frames coded from one video (default {DEFAULT_LIMITS.frames:,})")
-
-
 def cmd_encode(args) -> int:
     options, limits = _check_run(args)
     check_input(args.input)
     check_output_file(args.output, inputs=[args.input])
-    model = _load_model(args)
+    model = load_model(args)
     source = Source.open(args.input, model, args.resolution, args.fps, args.max_frames, limits=limits)
     with _progress(source, Path(args.input).name, model.config.frames_per_block) as on_block:
         stats = encode_file(model, source, args.output, options, on_block=on_block)
@@ -254,7 +161,7 @@ def cmd_decode(args) -> int:
         raise ValueError(f"expected --start-block to be a block index >= 0, got {args.start_block}")
     check_input(args.input)
     check_output_file(args.output, inputs=[args.input])
-    model = _load_model(args)
+    model = load_model(args)
     print(f"wrote {decode_file(model, args.input, args.output, start_block=args.start_block)}")
     return 0
 
@@ -275,7 +182,7 @@ def cmd_weights(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    model = _load_model(args)
+    model = load_model(args)
     kind = "image" if args.images else "video"
     inputs = list_inputs(args.images or args.videos, kind, args.max_items)
     baselines = [Baseline.load(path, args.device, args.baseline_fraction) for path in args.baseline or []]
@@ -379,24 +286,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", nargs="?", help="image or video file")
     p.add_argument("--sample", action="store_true", help="use the bundled sample image and clip")
     p.add_argument("-o", "--output", required=True, help="output directory")
-    _add_coding_args(p)
-    _add_limit_args(p)
-    _add_model_args(p)
+    add_coding_args(p)
+    add_limit_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("encode", help="encode an image or video to an .etok token file")
     p.add_argument("input", help="image or video file")
     p.add_argument("-o", "--output", required=True, help="output .etok file")
-    _add_coding_args(p)
-    _add_limit_args(p)
-    _add_model_args(p)
+    add_coding_args(p)
+    add_limit_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="decode an .etok file to an image or video")
     p.add_argument("input", help=".etok file")
     p.add_argument("-o", "--output", required=True, help="output .png/.jpg or .mp4")
     p.add_argument("--start-block", type=int, default=0, help="start decoding at this keyframe block")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("info", help="print an .etok file's header and per-block token counts as JSON")
@@ -488,11 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4, help="token counts coded together in one pass")
     p.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D)")
     p.add_argument("--no-codecs", action="store_true", help="skip the JPEG/WebP/H.264 anchors")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="serve the web demo on localhost (pip install 'elastictok[demo]')")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted (default 50)")
@@ -500,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=64, help="most video frames coded per request (default 64)")
     p.add_argument("--concurrency", type=int, default=2, help="requests coded at once; the rest queue (default 2)")
     p.set_defaults(func=cmd_demo)
+    add_dataset_parsers(sub)
     return parser
 
 

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import sys
 
-from elastictok.app.cli import _add_coding_args, _add_model_args, _coding, _load_model
+from elastictok.app.args import add_coding_args, add_model_args, coding_options, load_model
 from elastictok.datasets import TokenizeJob, detokenize, tokenize
 from elastictok.datasets.engines import ENGINES, require_ray
 from elastictok.datasets.store import DEFAULT_SHARD_ROWS
 
 
 def cmd_tokenize(args) -> int:
-    job = TokenizeJob(_coding(args), args.resolution, args.fps, args.max_frames, args.max_clip_frames)
+    job = TokenizeJob(coding_options(args), args.resolution, args.fps, args.max_frames, args.max_clip_frames)
     if args.engine == "ray":
         try:
             require_ray()
         except ImportError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-    model = _load_model(args)
+    model = load_model(args)
     summary = tokenize(
         model, args.sources, args.output, job, engine=args.engine, workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker, shard_rows=args.shard_rows,
@@ -39,7 +39,7 @@ def cmd_tokenize(args) -> int:
 
 
 def cmd_detokenize(args) -> int:
-    model = _load_model(args)
+    model = load_model(args)
     print(f"wrote {detokenize(model, args.dataset, args.key, args.output)}")
     return 0
 
@@ -59,13 +59,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--shard-rows", type=int, default=DEFAULT_SHARD_ROWS,
                    help=f"clips per Parquet shard (default {DEFAULT_SHARD_ROWS}); a re-run resumes after the last one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_coding_args(p)
-    _add_model_args(p)
+    add_coding_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_tokenize)
 
     p = sub.add_parser("detokenize", help="decode one clip of a token dataset to an image or video")
     p.add_argument("dataset", help="dataset folder written by tokenize")
     p.add_argument("--key", required=True, help="the clip's key, SOURCE#CLIP (e.g. clips/a.mp4#0)")
     p.add_argument("-o", "--output", required=True, help="output .png/.jpg or .mp4")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_detokenize)

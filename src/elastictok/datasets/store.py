@@ -7,7 +7,6 @@ the manifest right after; files the manifest does not list (left by a killed run
 
 from __future__ import annotations
 
-import hashlib
 import os
 from contextlib import suppress
 from pathlib import Path
@@ -26,7 +25,7 @@ from elastictok.datasets.manifest import (
 )
 from elastictok.datasets.schema import arrow_schema
 from elastictok.model.config import ElasticTokConfig
-from elastictok.utils.files import atomic_path, write_json
+from elastictok.utils.files import atomic_path, sha256, write_json
 
 try:
     import fcntl
@@ -130,7 +129,7 @@ class DatasetWriter:
         table = pa.Table.from_pylist(rows, schema=self.schema)
         with atomic_path(self.root / rel, fsync=True) as temp:
             pq.write_table(table, temp, compression=COMPRESSION)
-            digest = _sha256(temp)
+            digest = sha256(temp)
         shards.append({
             "path": rel, "rows": len(rows), "sources": sources, "frames": sum(r["num_frames"] for r in rows),
             "blocks": sum(r["num_blocks"] for r in rows), "tokens": sum(r["total_tokens"] for r in rows),
@@ -173,13 +172,6 @@ def _has_files(folder: Path) -> bool:
 def _shard_index(rel: str) -> int:
     return int(Path(rel).stem.split("-")[-1])
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _lock(root: Path) -> int | None:
