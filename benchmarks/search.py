@@ -5,10 +5,14 @@ then runs a commit pass per block and a final whole-sequence pass. Ours (`binary
 winning candidate's KV cache and needs neither, and with an unconditioned encoder encodes each block
 once. Prints time, sequential passes and how often the chosen counts agree. `--speculation D` adds
 `fast` scoring D bisection levels per batched pass (what it does by itself on a GPU, where a batch
-costs little more than one candidate; on a CPU it costs more). Usage:
+costs little more than one candidate; on a CPU it costs more). `--tolerance T ...` adds `fast` at
+each tolerance (a fraction of the block's tokens, e.g. 0 1/64) and tables of total tokens against
+`binary`'s, in separate runs and against the same context; `--encodes-only` skips the official
+procedure and the same-context comparison, `--paired-only` runs only the latter. Usage:
 
     python benchmarks/search.py [--model DIR] [--unconditioned-model DIR] [--clips PATH ...] [--frames 32]
         [--threshold 0.003] [--resolution PX] [--device cpu|cuda] [--speculation D|auto] [--context-blocks W]
+        [--tolerance T ...] [--encodes-only | --paired-only]
     python benchmarks/search.py --save-clips DIR --clips ... [--frames 32] [--resolution PX]   # .npy frames
 
 A clip ending in .npy is read as saved by --save-clips (the GPU run in scripts/device_search.sh).
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +31,7 @@ import torch
 from elastictok.coding.adaptive import encode_adaptive
 from elastictok.coding.coder import BlockCoder
 from elastictok.coding.options import CodingOptions
-from elastictok.coding.search import Probe, official_binary, run_search
+from elastictok.coding.search import DEFAULT_TOLERANCE, Probe, official_binary, run_search
 from elastictok.coding.target import BlockScorer, Target
 from elastictok.files.source import load_input
 from elastictok.metrics.pixel import block_mse
@@ -61,87 +66,149 @@ def official_procedure(model, video, threshold: float, context_blocks: int | Non
 
 
 @torch.no_grad()
-def paired_agreement(model, video, threshold: float, context_blocks: int | None = None) -> tuple[int, int]:
-    """Blocks where `fast` picks `binary`'s count when both search the same block against the same
-    context (binary's earlier choices). In two separate runs one different count changes every later
-    block's context, so their curves, and the end-to-end agreement counts that too."""
+def paired_agreement(model, video, threshold: float, context_blocks: int | None = None,
+                     tolerances: dict[str, float] | None = None) -> dict[str, tuple[list[int], list[int]]]:
+    """Counts and evaluations per block of `binary`, `fast`, and `fast` and `binary` at each of
+    ``tolerances`` (label: tolerance) when all search the same block against the same context (binary's
+    earlier choices);
+    each `fast` keeps its own start and slope from block to block, as in a run of its own. In separate
+    runs one different count changes every later block's context, so their curves, and the end-to-end
+    agreement counts that too."""
     frame_size = tuple(video.shape[-2:])
     lo, hi, T = model.config.token_bounds(frame_size, None, None)
     target, scorer = Target("mse", threshold), BlockScorer(model, "mse", frame_size)
     patches = model.patchify(model.pad_frames(video))
-    state, start, slope, same = model.new_state(frame_size), None, None, 0
+    state = model.new_state(frame_size)
+    variants = {"fast": None, **(tolerances or {})}
+    hints = {label: (None, None) for label in variants}  # start, slope
+    picks = {label: ([], []) for label in ["binary", *variants]}
     for i in range(patches.shape[1] // T):
         coder = BlockCoder(model, patches[:, i * T : (i + 1) * T], state, scorer)
-        # One memo for both searches: each count costs one pass whichever asks first.
+        # One memo for every search: each count costs one pass whichever asks first.
         margin = Probe(lambda n: target.margin(coder.evaluate(n, target.met))).value
         reference = run_search("binary", margin, lo, hi)
-        found = run_search("fast", margin, lo, hi, start, slope)
-        start, slope = found.count, found.slope
-        same += found.count == reference.count
+        picks["binary"][0].append(reference.count)
+        picks["binary"][1].append(reference.evaluations)
+        for label, tolerance in variants.items():
+            found = run_search("fast", margin, lo, hi, *hints[label], tolerance=tolerance, tokens=T)
+            hints[label] = found.count, found.slope
+            picks[label][0].append(found.count)
+            picks[label][1].append(found.evaluations)
+        for label, tolerance in (tolerances or {}).items():  # binary with a tolerance probes no new counts
+            found = run_search("binary", margin, lo, hi, tolerance=tolerance, tokens=T)
+            picks.setdefault(label.replace("fast", "binary"), ([], []))
+            picks[label.replace("fast", "binary")][0].append(found.count)
+            picks[label.replace("fast", "binary")][1].append(found.evaluations)
         model.commit(state, coder.final(reference.count), context_blocks)
-    return same, patches.shape[1] // T
+    return picks
 
 
 def bench_model(name: str, model, clips: list[str], frames: int, threshold: float, fps, resolution, speculation,
-                context_blocks) -> None:
+                context_blocks, tolerances: list[Fraction] = (), official: bool = True, encodes: bool = True,
+                paired: bool = True) -> None:
     device = model.device
     context_blocks = model.config.context_window(context_blocks)  # the library's default, for every row
-    searches = {"binary": ("binary", 1), "fast": ("fast", 1)}
+    searches = {"binary": ("binary", 1, None), "fast": ("fast", 1, None)}  # (search, depth, tolerance)
     if speculation == "auto":
-        searches["fast-auto"] = ("fast", None)  # the library's default: depth timed on the first block
+        searches["fast-auto"] = ("fast", None, None)  # the library's default: depth timed on the first block
     elif int(speculation):
-        searches[f"fast-spec{speculation}"] = ("fast", int(speculation))
-    rows = {k: [0.0, 0, 0, 0] for k in ["official", *searches]}  # seconds, passes, candidates, blocks
+        searches[f"fast-spec{speculation}"] = ("fast", int(speculation), None)
+    loose = {f"fast t={t}": float(t) for t in tolerances}
+    for label, t in loose.items():
+        searches[label] = ("fast", 1, t)
+    if not encodes:
+        searches = {}
+    rows = {k: [0.0, 0, 0, 0] for k in [*(["official"] if official else []), *searches]}
+    # seconds, passes, candidates, blocks; the counts each search picked, per block
+    counts = {k: [] for k in searches}
     same = {k: 0 for k in searches}
-    paired = [0, 0]
+    pairs: dict[str, tuple[list[int], list[int]]] = {}
     for clip in clips:
         video = load_clip(clip, model, frames, fps, resolution).to(device)
-        # The official procedure re-runs the encoder for every candidate whatever the encoder.
-        sync(device)
-        start = time.perf_counter()
-        ref_counts, passes = official_procedure(model, video, threshold, context_blocks)
-        sync(device)
-        rows["official"][0] += time.perf_counter() - start
-        rows["official"][1] += passes
-        rows["official"][2] += passes
-        rows["official"][3] += len(ref_counts)
+        if official:
+            # The official procedure re-runs the encoder for every candidate whatever the encoder.
+            sync(device)
+            start = time.perf_counter()
+            ref_counts, passes = official_procedure(model, video, threshold, context_blocks)
+            sync(device)
+            rows["official"][0] += time.perf_counter() - start
+            rows["official"][1] += passes
+            rows["official"][2] += passes
+            rows["official"][3] += len(ref_counts)
         picks = {}
-        for label, (search, depth) in searches.items():
+        for label, (search, depth, tolerance) in searches.items():
             start = time.perf_counter()
             result = encode_adaptive(model, video, CodingOptions(target=Target("mse", threshold), search=search,
-                                                                 speculation=depth, context_blocks=context_blocks))
+                                                                 speculation=depth, context_blocks=context_blocks,
+                                                                 tolerance=tolerance))
             sync(device)
             rows[label][0] += time.perf_counter() - start
             rows[label][1] += result.passes
             rows[label][2] += result.evaluations
             picks[label] = result.tokens.counts[0].tolist()
             rows[label][3] += len(picks[label])
+            counts[label] += picks[label]
         for label in searches:
             same[label] += sum(a == b for a, b in zip(picks["binary"], picks[label]))
-        paired = [x + y for x, y in zip(paired, paired_agreement(model, video, threshold, context_blocks))]
-        # How far the answer moves from block to block bounds what starting from the previous count saves.
-        steps = [abs(a - b) for a, b in zip(picks["binary"][1:], picks["binary"])]
-        print(f"  {Path(clip).name}: " + ", ".join(f"{k} {v}" for k, v in picks.items())
-              + f"; median |change| between blocks {sorted(steps)[len(steps) // 2] if steps else 0}")
-    total = rows["binary"][3]
+        if paired:
+            clip_pairs = paired_agreement(model, video, threshold, context_blocks, loose)
+            for label, (c, e) in clip_pairs.items():
+                pairs.setdefault(label, ([], []))
+                pairs[label][0].extend(c)
+                pairs[label][1].extend(e)
+            if not encodes:
+                picks = {label: c for label, (c, _) in clip_pairs.items()}
+        if picks:
+            # How far the answer moves from block to block bounds what starting from the previous count saves.
+            steps = [abs(a - b) for a, b in zip(picks["binary"][1:], picks["binary"])]
+            print(f"  {Path(clip).name}: " + ", ".join(f"{k} {v}" for k, v in picks.items())
+                  + f"; median |change| between blocks {sorted(steps)[len(steps) // 2] if steps else 0}")
+    total = next(iter(rows.values()))[3] if rows else len(pairs["binary"][0])
     window = f"at most {context_blocks} earlier block(s)"
     print(f"\n{name} ({model.config.encoder_conditioning} encoder), {len(clips)} clips, {total} blocks, "
           f"MSE <= {threshold}, {device}, {window}")
-    # Passes: sequential model calls over one block (encoder + decoder; with an unconditioned encoder,
-    # ours encode once per block and a candidate costs a decoder pass). Candidates: counts scored.
-    print(f"{'search':<14}{'seconds':>9}{'passes/block':>14}{'candidates/block':>18}{'s/block':>9}"
-          f"{'same as binary':>16}")
-    for label, (seconds, passes, candidates, blocks) in rows.items():
-        agree = f"{same[label]}/{blocks}" if label in same else "-"
-        print(f"{label:<14}{seconds:>9.2f}{passes / blocks:>14.2f}{candidates / blocks:>18.2f}"
-              f"{seconds / blocks:>9.3f}{agree:>16}")
+    if rows:
+        # Passes: sequential model calls over one block (encoder + decoder; with an unconditioned encoder,
+        # ours encode once per block and a candidate costs a decoder pass). Candidates: counts scored.
+        print(f"{'search':<14}{'seconds':>9}{'passes/block':>14}{'candidates/block':>18}{'s/block':>9}"
+              f"{'same as binary':>16}")
+        for label, (seconds, passes, candidates, blocks) in rows.items():
+            agree = f"{same[label]}/{blocks}" if label in same else "-"
+            print(f"{label:<14}{seconds:>9.2f}{passes / blocks:>14.2f}{candidates / blocks:>18.2f}"
+                  f"{seconds / blocks:>9.3f}{agree:>16}")
     for label in searches:
         if label != "binary":
             print(f"{label} vs binary: {rows['binary'][0] / rows[label][0]:.2f}x faster, "
-                  f"same count on {same[label]}/{total} blocks ({100 * same[label] / total:.1f}%); "
-                  f"vs the official procedure: {rows['official'][0] / rows[label][0]:.2f}x")
-    print(f"fast picks binary's count on {paired[0]}/{paired[1]} blocks ({100 * paired[0] / paired[1]:.1f}%) "
-          "when both search each block against the same context")
+                  f"same count on {same[label]}/{total} blocks ({100 * same[label] / total:.1f}%)"
+                  + (f"; vs the official procedure: {rows['official'][0] / rows[label][0]:.2f}x" if official else ""))
+    if pairs:
+        agree = sum(a == b for a, b in zip(*(pairs[k][0] for k in ["binary", "fast"])))
+        print(f"fast picks binary's count on {agree}/{total} blocks ({100 * agree / total:.1f}%) "
+              "when both search each block against the same context")
+    if not tolerances:
+        return
+    # Tokens kept against exact binary's: what a tolerance costs. "fast" runs the library's default.
+    # "Searched blocks": those where some count meets the target (binary's count is below every token);
+    # elsewhere every search keeps every token. "Most above": the largest excess over binary on one block.
+    T = model.config.tokens_per_block(tuple(video.shape[-2:]))
+    default = Fraction(DEFAULT_TOLERANCE["fast"])
+    print(f"\ntolerance: a fraction of the block's tokens ({T} here); fast's default {default}")
+    header = f"{'total tokens':>14}{'vs binary':>11}{'searched blocks':>17}{'most above':>12}"
+    tables = []
+    if searches:
+        tables.append(("separate runs", "passes/block", {k: (counts[k], rows[k][1] / rows[k][3]) for k in searches}))
+    if pairs:
+        tables.append(("same context", "evals/block", {k: (c, sum(e) / len(e)) for k, (c, e) in pairs.items()}))
+    for title, cost, table in tables:
+        ref = table["binary"][0]
+        searched = [i for i, n in enumerate(ref) if n < T]
+        print(f"{title:<14}{cost:>14}{header}")
+        for label, (picked, per_block) in table.items():
+            extra = 100 * (sum(picked) / sum(ref) - 1)
+            extra_searched = 100 * (sum(picked[i] for i in searched) / max(1, sum(ref[i] for i in searched)) - 1)
+            above = max(a - b for a, b in zip(picked, ref))
+            print(f"{label:<14}{per_block:>14.2f}{sum(picked):>14}{extra:>+10.2f}%{extra_searched:>+16.2f}%"
+                  f"{above:>12}")
 
 
 def load_clip(clip: str, model, frames: int, fps, resolution) -> torch.Tensor:
@@ -184,6 +251,14 @@ def main() -> None:
     parser.add_argument("--context-blocks", type=int,
                         help="earlier blocks each block attends to (default: the model's trained window, "
                         "the library's default; a number >= the clip's blocks gives every earlier block)")
+    parser.add_argument("--tolerance", nargs="+", type=Fraction, default=[], metavar="T",
+                        help="also run fast at each tolerance (a fraction of the block's tokens, e.g. 0 1/256 1/64) "
+                        "and print the total tokens against binary's")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--encodes-only", action="store_true",
+                      help="skip the official procedure and the same-context comparison (only the encodes)")
+    only.add_argument("--paired-only", action="store_true",
+                      help="only the same-context comparison: every search on each block against binary's context")
     parser.add_argument("--save-clips", metavar="DIR", help="only decode the clips into DIR as .npy frames, then stop")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.frames} frames per clip")
@@ -191,7 +266,8 @@ def main() -> None:
     if args.save_clips:
         save_clips(args.clips, args.save_clips, model, args.frames, args.fps, args.resolution)
         return
-    common = (args.clips, args.frames, args.threshold, args.fps, args.resolution, args.speculation, args.context_blocks)
+    common = (args.clips, args.frames, args.threshold, args.fps, args.resolution, args.speculation, args.context_blocks,
+              args.tolerance, not (args.encodes_only or args.paired_only), not args.paired_only, not args.encodes_only)
     bench_model(args.model or "default model", model, *common)
     if args.unconditioned_model:
         bench_model(args.unconditioned_model, load_pretrained(args.unconditioned_model, device=args.device), *common)

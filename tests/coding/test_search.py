@@ -339,3 +339,122 @@ def test_speculation_depth_is_the_cheapest_per_level():
         return 1.0
 
     assert best_depth(out_of_memory_beyond_7, 6) == 3
+
+
+def staircase(rng, lo: int, hi: int):
+    """A random monotone staircase (flat stretches and cliffs, like real curves near the crossing)."""
+    drops = np.sort(rng.choice(np.arange(lo, hi + 1), size=int(rng.integers(1, 12)), replace=False))
+    heights = rng.exponential(1.0, drops.size) * rng.choice([1e-3, 1.0], drops.size)
+    level = float(rng.uniform(-0.5, 0.5) * heights.sum())
+    return lambda n: level + heights[drops > n].sum() - heights.sum() / 2
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_tolerance_returns_a_passing_count_within_it_in_no_more_evaluations(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        lo, hi = int(rng.integers(1, 200)), int(rng.integers(300, 4096))
+        tokens = hi + int(rng.integers(0, 500))  # the block's tokens; hi may be a cap below them
+        tolerance = float(rng.choice([1 / 256, 1 / 64, 1 / 32, 0.1, 0.5]))
+        slack = tolerance * tokens
+        if rng.random() < 0.5:
+            k = int(rng.integers(lo, hi + 3))  # beyond hi: nothing passes
+            margin = threshold_at(k)
+        else:
+            margin = staircase(rng, lo, hi)
+        start = int(rng.integers(lo, hi + 1)) if rng.random() < 0.8 else None
+        slope = float(-rng.uniform(0.1, 5)) if rng.random() < 0.5 else None
+        truth = full(margin, lo, hi)[0]
+        for name in ["fast", "binary", "full"]:
+            exact = run_search(name, margin, lo, hi, start, slope, tolerance=0, tokens=tokens)
+            loose = run_search(name, margin, lo, hi, start, slope, tolerance=tolerance, tokens=tokens)
+            assert exact.count == truth, name
+            assert margin(loose.count) <= 0 or loose.count == hi, name
+            assert truth <= loose.count < truth + max(slack, 1), (name, truth, loose.count, slack)
+            assert loose.evaluations <= exact.evaluations, name
+        for depth in [2, 3]:
+            batched = lambda ns: [margin(n) for n in ns]  # noqa: E731
+            count, evals, calls = speculative_binary(batched, lo, hi, depth, slack)
+            b_count, b_evals = binary(margin, lo, hi, slack)
+            assert count == b_count and calls == math.ceil(b_evals / depth)
+            assert evals <= speculative_binary(batched, lo, hi, depth)[1]
+
+
+def test_a_tolerance_saves_evaluations_and_zero_is_exact():
+    margin, T = threshold_at(1000), 4096
+    exact = {name: run_search(name, margin, 256, T, start=700, tolerance=0) for name in ["fast", "binary", "full"]}
+    loose = {name: run_search(name, margin, 256, T, start=700, tolerance=1 / 64) for name in exact}
+    for name in exact:
+        assert exact[name].count == 1000 and 1000 <= loose[name].count < 1000 + T / 64, name
+    assert loose["binary"].evaluations <= exact["binary"].evaluations - 4  # 12 bisection steps become 7 or 8
+    assert loose["full"].evaluations <= exact["full"].evaluations / 50  # a stride of 63 counts
+    # Exact where the slack is one token or less: a tolerance below 1 / T changes nothing.
+    for name in ["binary", "full", "grid"]:
+        assert run_search(name, margin, 256, T) == run_search(name, margin, 256, T, tolerance=0), name
+    assert run_search("binary", margin, 256, T, tolerance=1 / T) == exact["binary"]
+    assert run_search("fast", margin, 256, T, start=700, tolerance=0.9 / T) == exact["fast"]
+    # The fallback is unchanged: nothing passes, hi.
+    assert run_search("binary", lambda n: 1.0, 84, 1344, tolerance=0.5).count == 1344
+    assert run_search("fast", lambda n: 1.0, 84, 1344, start=300, tolerance=0.5).count == 1344
+
+
+@pytest.mark.parametrize("bad", [-0.01, 1, 1.5, math.nan, math.inf, True, "0.1", None])
+def test_invalid_tolerances_are_refused_in_one_line(bad):
+    for make in [lambda: CodingOptions(tolerance=bad), lambda: run_search("binary", threshold_at(9), 1, 64,
+                                                                          tolerance=bad)]:
+        if bad is None:  # the search's default
+            make()
+            continue
+        with pytest.raises(ValueError, match="--tolerance") as e:
+            make()
+        assert "\n" not in str(e.value)
+
+
+def test_tolerance_options():
+    from elastictok.coding.search import DEFAULT_TOLERANCE
+
+    assert CodingOptions(search="grid", tolerance=0).search_tolerance == 0  # exact grid: accepted
+    for options in [dict(search="grid", tolerance=0.01), dict(num_tokens=8, tolerance=0.01),
+                    dict(budget=100.0, tolerance=0.01)]:
+        with pytest.raises(ValueError, match="--tolerance") as e:
+            CodingOptions(**options)
+        assert "\n" not in str(e.value)
+    # What ran is recorded: the given tolerance, else the search's default.
+    assert CodingOptions(search="binary").settings()["tolerance"] == 0
+    assert CodingOptions().settings()["tolerance"] == DEFAULT_TOLERANCE["fast"]
+    assert CodingOptions(tolerance=1 / 64).settings()["tolerance"] == 1 / 64
+    assert "tolerance" not in CodingOptions(num_tokens=8).settings()
+
+
+def test_the_cli_takes_a_tolerance_as_a_fraction():
+    import argparse
+
+    from elastictok.app.args import add_coding_args, coding_options
+
+    parser = argparse.ArgumentParser()
+    add_coding_args(parser)
+    assert coding_options(parser.parse_args(["--tolerance", "1/64"])).tolerance == 1 / 64
+    assert coding_options(parser.parse_args(["--tolerance", "0.01"])).tolerance == 0.01
+    assert coding_options(parser.parse_args([])).tolerance is None
+    with pytest.raises(ValueError, match="--tolerance"):
+        coding_options(parser.parse_args(["--tolerance", "2"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--tolerance", "1/0"])
+
+
+@pytest.mark.parametrize("search", ["binary", "fast"])
+def test_encode_adaptive_honours_a_tolerance(search):
+    m = tiny("tiny-fsq")
+    T = m.config.tokens_per_block()
+    video = random_video(batch=1, frames=16, seed=3) * 0.3
+    target = Target("mse", 0.0535)  # within this random model's range at 4..64 tokens without context
+    # Every block a keyframe, so each block's curve is the same in both runs whatever the other blocks got.
+    exact = encode_adaptive(m, video, CodingOptions(target=target, search=search, tolerance=0, keyframe_interval=1))
+    loose = encode_adaptive(m, video, CodingOptions(target=target, search=search, tolerance=0.25,
+                                                    keyframe_interval=1))
+    assert loose.evaluations < exact.evaluations
+    for e, c in zip(exact.choices[0], loose.choices[0]):
+        assert target.met(c.value) or c.count == T
+        if search == "binary":  # same curve, same probes cut short: at most 16 tokens above, never fewer passes
+            assert e.count <= c.count < e.count + T / 4 and c.evaluations <= e.evaluations
+    torch.testing.assert_close(loose.recon, m.decode(loose.tokens), rtol=0, atol=1e-5)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from fractions import Fraction
 
 import torch
 
 from elastictok.coding.options import DEFAULT_CUT_THRESHOLD, CodingOptions
-from elastictok.coding.search import SEARCHES
+from elastictok.coding.search import DEFAULT_TOLERANCE, SEARCHES
 from elastictok.coding.target import METRICS, Target
 from elastictok.files.source import DEFAULT_LIMITS, Limits
 from elastictok.model.autoencoder import ElasticTok
@@ -78,8 +79,16 @@ def coding_options(args) -> CodingOptions:
         target=Target(args.metric or "mse", args.threshold) if given else None, search=args.search,
         num_tokens=args.num_tokens, budget=args.budget, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
         context_blocks=args.context_blocks, keyframe_interval=args.keyframe_interval,
-        cut_threshold=None if args.no_scene_cuts else args.cut_threshold,
+        cut_threshold=None if args.no_scene_cuts else args.cut_threshold, tolerance=args.tolerance,
     )
+
+
+def fraction(text: str) -> float:
+    """A number or a fraction such as 1/64, for argparse."""
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction such as 1/64, got {text!r}") from None
 
 
 def add_coding_args(p: argparse.ArgumentParser) -> None:
@@ -89,6 +98,10 @@ def add_coding_args(p: argparse.ArgumentParser) -> None:
                    help="target value (defaults per metric: mse 0.003, psnr 31.25, ssim 0.9, lpips 0.1)")
     p.add_argument("--num-tokens", type=int, help="keep this many tokens in every block instead of searching")
     p.add_argument("--search", choices=SEARCHES, default="fast", help="token-count search (default fast)")
+    p.add_argument("--tolerance", type=fraction, metavar="F",
+                   help="let the search stop within this fraction of the block's tokens above the fewest that meet "
+                   f"the target, e.g. 1/64 (default: {Fraction(DEFAULT_TOLERANCE['fast'])} for fast, 0 (exact) for "
+                   "binary and full; grid takes none)")
     p.add_argument("--min-tokens", type=int, help="fewest tokens a block may get (default: the model's minimum)")
     p.add_argument("--max-tokens", type=int, help="most tokens a block may get (default: all)")
     p.add_argument("--budget", type=float, help="average tokens per block over the whole video (rate control)")

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from elastictok.coding.search import SEARCHES
+from elastictok.coding.search import SEARCHES, tolerance_for
 from elastictok.coding.target import Target, default_target
 from elastictok.model.config import ElasticTokConfig
 from elastictok.model.tokens import is_context_window
@@ -35,6 +35,9 @@ class CodingOptions:
     the context every ``keyframe_interval`` blocks or where the mean pixel change across a block
     boundary exceeds ``cut_threshold`` (None: no cut detection). ``speculation`` is how many levels
     of the ``fast`` search are scored per batched pass (None: measured on a GPU, 1 elsewhere).
+    ``tolerance`` lets the search stop once a passing count has a failing count less than this
+    fraction of the block's tokens below it (None: the search's default, ``DEFAULT_TOLERANCE``; 0:
+    exact); it does not apply to ``grid``, nor without a search.
     """
 
     target: Target | None = None
@@ -48,6 +51,7 @@ class CodingOptions:
     keyframe_interval: int | None = None
     cut_threshold: float | None = None
     speculation: int | None = None
+    tolerance: float | None = None
 
     def __post_init__(self) -> None:
         if self.target is not None and not isinstance(self.target, Target):
@@ -76,6 +80,15 @@ class CodingOptions:
             raise ValueError(f"expected --cut-threshold to be a finite number >= 0, got {self.cut_threshold!r}")
         if self.speculation is not None and not (_is_int(self.speculation) and 1 <= self.speculation <= 8):
             raise ValueError(f"expected a speculation depth in [1, 8], got {self.speculation}")
+        if self.tolerance is not None:
+            tolerance_for(self.search, self.tolerance)  # raises on a bad value, or with grid
+            if self.mode != "adaptive":
+                raise ValueError("--tolerance is for a quality target's search, not with --num-tokens or --budget")
+
+    @property
+    def search_tolerance(self) -> float:
+        """The tolerance the search runs with (its default where none was given)."""
+        return tolerance_for(self.search, self.tolerance)
 
     @property
     def mode(self) -> str:
@@ -110,7 +123,8 @@ class CodingOptions:
             mode = {"mode": "fixed", "num_tokens": self.num_tokens}
         else:
             target = self.target or Target()
-            mode = {"mode": "adaptive", "metric": target.metric, "threshold": target.threshold, "search": self.search}
+            mode = {"mode": "adaptive", "metric": target.metric, "threshold": target.threshold, "search": self.search,
+                    "tolerance": self.search_tolerance}
         return mode | {
             "min_tokens": self.min_tokens, "max_tokens": self.max_tokens, "context_blocks": self.context_blocks,
             "keyframe_interval": self.keyframe_interval, "cut_threshold": self.cut_threshold,

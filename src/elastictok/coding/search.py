@@ -15,19 +15,33 @@ nothing meets the target they fall back to ``hi`` (every token), like the offici
   step from bisection), and stops once it holds a failing count right below a passing one. That is
   the same answer as ``binary`` whenever the margin is monotone, in about half the evaluations on
   real videos. Without a guess (a video's first block) it first checks that every token meets the
-  target (one pass when nothing can), then bisects like ``binary``.
+  target (one pass when nothing can), then bisects like ``binary``. By default it runs with a
+  tolerance of 1/128 of the block's tokens (below).
 - ``official``: the official ``inference_binary`` decision rule, quirks included, for parity checks.
+
+A tolerance (``slack``, in tokens; :func:`run_search` takes it as a fraction of the block's tokens) lets a
+search stop early: once it holds a passing count with a failing count less than ``slack`` below it
+(:func:`close_enough`), rather than right below it. On a monotone curve the count it returns is then
+less than ``slack`` above the smallest passing one; it still always passes, or is ``hi`` when nothing
+does. ``binary`` and ``fast`` probe exactly the counts they probe without a tolerance and stop sooner,
+so they never take more evaluations than their exact runs. ``full`` steps by the largest stride below
+``slack`` instead of one. ``grid`` has no tolerance: its candidates are the official grid.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 SEARCHES = ("fast", "binary", "grid", "full")
+# The tolerance each search uses unless one is given, as a fraction of the block's tokens: exact (the
+# official semantics) except for ``fast``, where 1/128 is the largest of 1/512..1/32 that cost at most
+# 2% more tokens than exact ``binary`` on the development clips (docs/searches.md#tolerance).
+DEFAULT_TOLERANCE = {"fast": 1 / 128, "binary": 0.0, "grid": 0.0, "full": 0.0}
 
 
 @dataclass
@@ -55,13 +69,32 @@ def _check_range(lo: int, hi: int) -> None:
         raise ValueError(f"expected 1 <= min tokens <= max tokens, got {lo} and {hi}")
 
 
+def check_tolerance(tolerance: object) -> float:
+    """``tolerance`` as a float, or a one-line ValueError."""
+    if (isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real)
+            or not (math.isfinite(tolerance) and 0 <= tolerance < 1)):
+        raise ValueError(f"expected --tolerance to be a fraction of the block's tokens in [0, 1), got {tolerance!r}")
+    return float(tolerance)
+
+
+def close_enough(fail: int, passing: int, slack: float) -> bool:
+    """The stopping rule every search shares: ``passing`` meets the target, ``fail`` does not (or lies
+    below the range searched), and ``fail`` is right below ``passing`` or less than ``slack`` below it."""
+    return passing - fail <= 1 or passing - fail < slack
+
+
+def stride(slack: float) -> int:
+    """The largest step k that :func:`close_enough` accepts (k < slack), and at least 1."""
+    return max(1, math.ceil(slack) - 1)
+
+
 def _bisect(
-    probe: Callable[[int], bool], lo: int, hi: int, best: int | None, steps: int | None = None
+    probe: Callable[[int], bool], lo: int, hi: int, best: int | None, steps: int | None = None, slack: float = 0
 ) -> tuple[int, int, int | None]:
     """Bisect [lo, hi] for the smallest passing count (exact for a monotone probe), for at most
-    ``steps`` steps; ``best`` is a known pass above hi. Returns the remaining (lo, hi, best): the
-    search is over once lo > hi."""
-    while lo <= hi and steps != 0:
+    ``steps`` steps or until ``best`` and lo - 1 are :func:`close_enough`; ``best`` is a known pass
+    above hi. Returns the remaining (lo, hi, best): the search is over once lo > hi or they are."""
+    while lo <= hi and steps != 0 and not (best is not None and close_enough(lo - 1, best, slack)):
         mid = (lo + hi) // 2
         if probe(mid):
             best, hi = mid, mid - 1
@@ -71,16 +104,16 @@ def _bisect(
     return lo, hi, best
 
 
-def binary(margin: Callable[[int], float], lo: int, hi: int) -> tuple[int, int]:
+def binary(margin: Callable[[int], float], lo: int, hi: int, slack: float = 0) -> tuple[int, int]:
     """(count, evaluations)."""
     _check_range(lo, hi)
     probe = Probe(margin)
-    _, _, best = _bisect(probe, lo, hi, None)
+    _, _, best = _bisect(probe, lo, hi, None, slack=slack)
     return (hi if best is None else best), probe.evaluations
 
 
 def speculative_binary(
-    margins: Callable[[list[int]], list[float]], lo: int, hi: int, depth: int
+    margins: Callable[[list[int]], list[float]], lo: int, hi: int, depth: int, slack: float = 0
 ) -> tuple[int, int, int]:
     """``binary``'s answer, evaluating ``depth`` levels of its decision tree per batched call.
 
@@ -88,7 +121,8 @@ def speculative_binary(
     visit in the next ``depth`` steps (2**depth - 1 of them) is scored together, then bisection walks
     those levels with the real outcomes, so the answer is ``binary``'s on any curve, monotone or
     not, in ceil(steps / depth) sequential calls. Worth it only where a batch of 2**depth - 1
-    candidates costs little more than one. Returns (count, evaluations, calls).
+    candidates costs little more than one. With a ``slack``, counts bisection would not visit before
+    stopping are left out of the batches. Returns (count, evaluations, calls).
     """
     _check_range(lo, hi)
     if depth < 1:
@@ -97,16 +131,17 @@ def speculative_binary(
     best, a, b, calls = None, lo, hi, 0
 
     def subtree(a: int, b: int, levels: int) -> list[int]:
-        if levels == 0 or a > b:
+        # Below hi, b + 1 is a pass on the path that leads here (a - 1 a fail, or below the range).
+        if levels == 0 or a > b or (b < hi and close_enough(a - 1, b + 1, slack)):
             return []
         mid = (a + b) // 2
         return [mid] + subtree(a, mid - 1, levels - 1) + subtree(mid + 1, b, levels - 1)
 
-    while a <= b:
+    while a <= b and not (best is not None and close_enough(a - 1, best, slack)):
         wanted = sorted(set(n for n in subtree(a, b, depth) if n not in results))
         results.update(zip(wanted, (float(m) for m in margins(wanted))))
         calls += 1
-        a, b, best = _bisect(lambda n: results[n] <= 0, a, b, best, depth)
+        a, b, best = _bisect(lambda n: results[n] <= 0, a, b, best, depth, slack)
     return (hi if best is None else best), len(results), calls
 
 
@@ -126,10 +161,13 @@ def grid(margin: Callable[[int], float], lo: int, hi: int, num: int = 100) -> tu
     return hi, probe.evaluations
 
 
-def full(margin: Callable[[int], float], lo: int, hi: int) -> tuple[int, int]:
+def full(margin: Callable[[int], float], lo: int, hi: int, slack: float = 0) -> tuple[int, int]:
+    """Every count from lo up, the first passing one; with a ``slack``, every :func:`stride`-th count
+    (and hi), so the failing count below the one returned is less than ``slack`` below it."""
     _check_range(lo, hi)
     probe = Probe(margin)
-    for n in range(lo, hi + 1):
+    step = stride(slack)
+    for n in [*range(lo, hi, step), hi]:
         if probe(n):
             return n, probe.evaluations
     return hi, probe.evaluations
@@ -160,6 +198,7 @@ def fast(
     slope: float | None = None,
     n0: int = 1,
     kappa: float = 0.1,
+    slack: float = 0,
 ) -> tuple[int, int]:
     """The smallest passing count by ITP root finding (interpolate, truncate, project) from ``start``.
 
@@ -170,6 +209,7 @@ def fast(
     (by ``kappa`` times the bracket's width times its share of [lo, hi])
     and pulled back to within a radius that halves every step, so that the search never needs more
     than ``n0`` steps beyond bisection of the bracket it found (Oliveira and Takahashi, 2021).
+    It stops once the bracket is :func:`close_enough` for ``slack``.
     """
     _check_range(lo, hi)
     probe = Probe(margin)
@@ -179,7 +219,7 @@ def fast(
         # so the first block gets binary's count even where the curve is not monotone.
         if not probe(hi):
             return hi, probe.evaluations
-        count, _ = binary(probe.value, lo, hi)
+        count, _ = binary(probe.value, lo, hi, slack)
         return count, probe.evaluations
     s = slope if slope is not None and slope < 0 else PRIOR_SLOPE
     # Invariant: every count <= a fails and b passes; lo - 1 and hi + 1 stand in until evaluated.
@@ -190,7 +230,7 @@ def fast(
             b = n
         else:
             a = n
-        if b - a <= 1 or a >= hi:
+        if a >= hi or (b <= hi and close_enough(a, b, slack)):
             return min(b, hi), probe.evaluations
         if budget is None:  # bisection steps for the first bracket, plus the slack n0
             budget = math.ceil(math.log2(b - a)) + n0
@@ -264,6 +304,20 @@ def official_binary(
     return n, tried
 
 
+def tolerance_for(name: str, tolerance: float | None) -> float:
+    """The tolerance ``name`` runs with: ``tolerance``, or the search's default where None. Refuses
+    unknown searches, invalid tolerances and a tolerance for ``grid``."""
+    if name not in SEARCHES:
+        raise ValueError(f"unknown search {name!r}; expected one of {SEARCHES}")
+    if tolerance is None:
+        return DEFAULT_TOLERANCE[name]
+    tolerance = check_tolerance(tolerance)
+    if name == "grid" and tolerance > 0:
+        raise ValueError("--tolerance does not apply to --search grid (its candidates are the official grid); "
+                         "leave it unset or 0")
+    return tolerance
+
+
 @dataclass
 class SearchResult:
     count: int
@@ -285,21 +339,24 @@ def run_search(
     slope: float | None = None,
     margins: Callable[[list[int]], list[float]] | None = None,
     depth: int = 1,
+    tolerance: float | None = None,
+    tokens: int | None = None,
 ) -> SearchResult:
     """Dispatch by name. ``start`` and ``slope`` are hints that only ``fast`` uses; so are ``margins``
-    (a batched ``margin``) and ``depth``, which switch it to :func:`speculative_binary`."""
+    (a batched ``margin``) and ``depth``, which switch it to :func:`speculative_binary`. ``tolerance``
+    is a fraction of ``tokens`` (the block's tokens; default hi), None: the search's default."""
+    tolerance = tolerance_for(name, tolerance)
+    slack = tolerance * (hi if tokens is None else tokens)
     probe = Probe(margin)  # shared memo, so the slope can be read off whatever the search evaluated
     if name == "fast" and depth > 1 and margins is not None:
-        count, evaluations, calls = speculative_binary(margins, lo, hi, depth)
+        count, evaluations, calls = speculative_binary(margins, lo, hi, depth, slack)
         return SearchResult(count, evaluations, slope, calls)
     if name == "fast":
-        count, _ = fast(probe.value, lo, hi, start, slope)
+        count, _ = fast(probe.value, lo, hi, start, slope, slack=slack)
     elif name == "binary":
-        count, _ = binary(probe.value, lo, hi)
+        count, _ = binary(probe.value, lo, hi, slack)
     elif name == "grid":
         count, _ = grid(probe.value, lo, hi)
-    elif name == "full":
-        count, _ = full(probe.value, lo, hi)
     else:
-        raise ValueError(f"unknown search {name!r}; expected one of {SEARCHES}")
+        count, _ = full(probe.value, lo, hi, slack)
     return SearchResult(count, probe.evaluations, local_slope(probe.results, count) or slope)

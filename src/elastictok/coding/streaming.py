@@ -83,8 +83,9 @@ def code_blocks(
     of ``counts`` (a rate-control allocation, one per block). With the ``fast`` search,
     ``options.speculation`` levels are scored per batched pass
     (:func:`~elastictok.coding.search.speculative_binary`); None measures it on the first block where
-    batches are cheap (CUDA) and uses 1 elsewhere. ``options.context_blocks`` None attends to every
-    earlier block; ``options.for_model(config)`` gives the trained window.
+    batches are cheap (CUDA) and uses 1 elsewhere. ``options.tolerance`` is a fraction of the
+    block's tokens (:func:`~elastictok.coding.search.run_search`). ``options.context_blocks`` None
+    attends to every earlier block; ``options.for_model(config)`` gives the trained window.
     """
     options = options or CodingOptions()
     if options.mode == "budget" and counts is None:
@@ -114,7 +115,7 @@ def code_blocks(
             found = run_search(
                 search, lambda m: target.margin(coder.evaluate(m, target.met)), lo, hi, start, slope,
                 margins=lambda ns: [target.margin(v) for v in coder.evaluate_many(ns, target.met)],
-                depth=depth_for_block(coder, speculation),
+                depth=depth_for_block(coder, speculation), tolerance=options.tolerance, tokens=T,
             )
             n, evals, passes, start, slope = found.count, found.evaluations, found.passes, found.count, found.slope
         else:
