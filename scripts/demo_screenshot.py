@@ -26,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from elastictok.utils.files import atomic_path
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ELASTICTOK_SHARED", REPO.parent / "shared"))
 PHOTOS = [
@@ -83,9 +85,8 @@ def _save(png: bytes, output: Path) -> None:
         small = image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
         small.save(buffer, "PNG", optimize=True)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(output)
+    with atomic_path(output) as temp:
+        temp.write_bytes(buffer.getvalue())
 
 
 def main() -> int:

@@ -112,9 +112,6 @@ class CodingOptions:
         return replace(self, target=self.target or default_target(config),
                        context_blocks=config.context_window(self.context_blocks))
 
-    def replace(self, **changes: Any) -> CodingOptions:
-        return replace(self, **changes)
-
     def settings(self) -> dict[str, Any]:
         """The options as recorded in ``stats.json`` and ``.etok`` headers."""
         if self.mode == "budget":

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from elastictok.media.io import IMAGE_EXTS, VIDEO_EXTS
+from elastictok.media.io import IMAGE_EXTS, VIDEO_EXTS, media_files
 
 MEDIA_EXTS = IMAGE_EXTS | VIDEO_EXTS
 LIST_EXTS = (".txt", ".parquet")
@@ -53,7 +53,7 @@ def _expand(spec: Path) -> list[SourceRef]:
     if not spec.exists():
         raise FileNotFoundError(f"source {str(spec)!r} does not exist")
     if spec.is_dir():
-        refs = [SourceRef(p.relative_to(spec).as_posix(), p) for p in _media_files(spec)]
+        refs = [SourceRef(p.relative_to(spec).as_posix(), p) for p in media_files(spec, MEDIA_EXTS)]
         if not refs:
             exts = ", ".join(sorted(MEDIA_EXTS))
             raise ValueError(f"source folder {str(spec)!r} holds no image or video files ({exts})")
@@ -66,15 +66,6 @@ def _expand(spec: Path) -> list[SourceRef]:
     if suffix in MEDIA_EXTS:
         return [SourceRef(spec.name, spec)]
     raise ValueError(f"source {str(spec)!r} is not an image, a video, a folder or a .txt/.parquet list of paths")
-
-
-def _media_files(folder: Path) -> list[Path]:
-    files = []
-    for path in sorted(folder.rglob("*")):
-        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
-        if not hidden and path.suffix.lower() in MEDIA_EXTS and path.is_file():
-            files.append(path)
-    return files
 
 
 def _refs(list_path: Path, entries: Iterable[str]) -> list[SourceRef]:

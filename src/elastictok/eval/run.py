@@ -137,7 +137,7 @@ def list_inputs(folder: str | Path, kind: str, max_items: int | None = None) -> 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+    files = media.media_files(folder, exts)
     if kind == "video":
         files = [p for p in files if media.is_video_path(p)]
     files = files[:max_items] if max_items else files

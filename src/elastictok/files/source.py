@@ -118,13 +118,23 @@ def load_input(
     limits: Limits | None = None,
 ) -> tuple[torch.Tensor, float | None]:
     """Read an image or video as a (1, 3, T, H, W) batch at the size the model takes."""
+    size = checked_size(path, config, resolution, fps, max_frames, limits)
+    video, rate = io.load_media(path, size=size, fps=fps, max_frames=max_frames)
+    return video.unsqueeze(0), rate
+
+
+def checked_size(
+    path: str | Path, config: ElasticTokConfig, resolution: int | None, fps: float | None,
+    max_frames: int | None, limits: Limits | None = None,
+) -> tuple[int, int]:
+    """The coded (H, W) of ``path`` after every check that needs no pixels: the read options, the
+    size and aspect limits and, for a video, the frame limit."""
     limits = DEFAULT_LIMITS if limits is None else limits
     check_read_options(fps, max_frames)
     size = input_size(path, config, resolution, limits)
     if io.is_video_path(path):
         _check_frames(path, fps, max_frames, limits)
-    video, rate = io.load_media(path, size=size, fps=fps, max_frames=max_frames)
-    return video.unsqueeze(0), rate
+    return size
 
 
 def check_read_options(fps: float | None, max_frames: int | None) -> None:
@@ -175,10 +185,8 @@ class Source:
         """``path`` at the size ``model`` takes; sizes beyond ``limits`` are refused here, before decoding."""
         path = Path(path)
         limits = DEFAULT_LIMITS if limits is None else limits
-        check_read_options(fps, max_frames)
-        size = input_size(path, model.config, resolution, limits)
+        size = checked_size(path, model.config, resolution, fps, max_frames, limits)
         if io.is_video_path(path):
-            _check_frames(path, fps, max_frames, limits)
             rate = float(fps) if fps is not None else io.video_info(path).fps
             return cls(path, size, rate, max_frames, limits=limits)
         return cls(path, size, None, 1, limits=limits)

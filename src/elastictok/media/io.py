@@ -257,6 +257,17 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def media_files(folder: PathLike, exts: frozenset[str] = IMAGE_EXTS | VIDEO_EXTS) -> list[Path]:
+    """Files under ``folder`` (recursively, sorted) whose extension is in ``exts``; hidden files and
+    folders (such as macOS ``._name.jpg`` companions, which are not pictures) are left out."""
+    root = Path(folder)
+    return [
+        p for p in sorted(root.rglob("*"))
+        if p.suffix.lower() in exts and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.is_file()
+    ]
+
+
 def is_video_path(path: PathLike) -> bool:
     """Whether ``path`` names a video, judged by its extension.
 

@@ -42,7 +42,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import IterableDataset
 
-from elastictok.media.io import IMAGE_EXTS, VIDEO_EXTS, MediaError, iter_video_frames, load_image, to_uint8, to_unit
+from elastictok.media.io import (
+    IMAGE_EXTS,
+    VIDEO_EXTS,
+    MediaError,
+    iter_video_frames,
+    load_image,
+    media_files,
+    to_uint8,
+    to_unit,
+)
 from elastictok.utils.files import atomic_path
 
 __all__ = [
@@ -247,7 +256,7 @@ def _media_files(folder: str | Path, exts: frozenset[str], what: str) -> list[Pa
     root = Path(folder)
     if not root.is_dir():
         raise ValueError(f"{what} folder {str(root)!r} does not exist or is not a directory")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+    files = media_files(root, exts)
     if not files:
         raise ValueError(f"{what} folder {str(root)!r} holds no {what} files ({', '.join(sorted(exts))})")
     return files
