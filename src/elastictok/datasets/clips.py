@@ -20,6 +20,7 @@ from elastictok.datasets.sources import SourceRef
 from elastictok.files.coding import run
 from elastictok.files.source import Source
 from elastictok.model.autoencoder import ElasticTok
+from elastictok.utils.files import one_line
 
 
 @dataclass
@@ -90,7 +91,7 @@ def code_source(model: ElasticTok, ref: SourceRef, job: TokenizeJob) -> SourceRe
         clips = split_clips(source, job.max_clip_frames, reread=job.options.mode == "budget")
         rows = [code_clip(model, ref.name, clip, job) for clip in clips]
     except (ValueError, OSError) as err:
-        return SourceResult(ref.name, failure=_one_line(err))
+        return SourceResult(ref.name, failure=one_line(err))
     return SourceResult(ref.name, rows)
 
 
@@ -113,5 +114,3 @@ def code_clip(model: ElasticTok, name: str, clip: Clip, job: TokenizeJob) -> dic
     }
 
 
-def _one_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]

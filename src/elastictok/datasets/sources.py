@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from elastictok.media.io import IMAGE_EXTS, VIDEO_EXTS, media_files
+from elastictok.utils.files import one_line
 
 MEDIA_EXTS = IMAGE_EXTS | VIDEO_EXTS
 LIST_EXTS = (".txt", ".parquet")
@@ -90,7 +91,7 @@ def _parquet_entries(path: Path) -> list[str]:
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowException) as err:
-        raise ValueError(f"cannot read source list {str(path)!r} as Parquet: {_one_line(err)}") from None
+        raise ValueError(f"cannot read source list {str(path)!r} as Parquet: {one_line(err)}") from None
     strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     column = PATH_COLUMN if PATH_COLUMN in schema.names else (strings[0] if len(strings) == 1 else None)
     if column is None:
@@ -99,5 +100,3 @@ def _parquet_entries(path: Path) -> list[str]:
     return [v.strip() for v in values if v and v.strip()]
 
 
-def _one_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]

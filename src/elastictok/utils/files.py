@@ -26,7 +26,8 @@ def sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """The first line of an exception's message (its class name when it has none)."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
@@ -55,7 +56,7 @@ def atomic_path(
         try:
             os.replace(temp, final)
         except OSError as err:
-            raise error(f"cannot write {str(path)!r}: {_one_line(err)}") from err
+            raise error(f"cannot write {str(path)!r}: {one_line(err)}") from err
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
