@@ -97,11 +97,13 @@ def add_coding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float,
                    help="target value (defaults per metric: mse 0.003, psnr 31.25, ssim 0.9, lpips 0.1)")
     p.add_argument("--num-tokens", type=int, help="keep this many tokens in every block instead of searching")
-    p.add_argument("--search", choices=SEARCHES, default="fast", help="token-count search (default fast)")
+    p.add_argument("--search", choices=SEARCHES,
+                   help="token-count search (default: predict where the model has a predictor and the metric is "
+                   "mse or psnr, else fast)")
     p.add_argument("--tolerance", type=fraction, metavar="F",
                    help="let the search stop within this fraction of the block's tokens above the fewest that meet "
-                   f"the target, e.g. 1/64 (default: {Fraction(DEFAULT_TOLERANCE['fast'])} for fast, 0 (exact) for "
-                   "binary and full; grid takes none)")
+                   f"the target, e.g. 1/64 (default: {Fraction(DEFAULT_TOLERANCE['predict'])} for predict, "
+                   f"{Fraction(DEFAULT_TOLERANCE['fast'])} for fast, 0 (exact) for binary and full; grid takes none)")
     p.add_argument("--min-tokens", type=int, help="fewest tokens a block may get (default: the model's minimum)")
     p.add_argument("--max-tokens", type=int, help="most tokens a block may get (default: all)")
     p.add_argument("--budget", type=float, help="average tokens per block over the whole video (rate control)")

@@ -34,6 +34,7 @@ from elastictok.app.args import (
     load_model,
 )
 from elastictok.app.demo import launch
+from elastictok.app.predictor import add_parser as add_predictor_parser
 from elastictok.app.tokenize import add_parsers as add_dataset_parsers
 from elastictok.coding.options import CodingOptions
 from elastictok.coding.search import SEARCHES
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=2, help="requests coded at once; the rest queue (default 2)")
     p.set_defaults(func=cmd_demo)
     add_dataset_parsers(sub)
+    add_predictor_parser(sub)
     return parser
 
 

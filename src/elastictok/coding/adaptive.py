@@ -35,6 +35,7 @@ class AdaptiveResult:
     tokens: Tokens
     recon: torch.Tensor  # (B, 3, T, H, W)
     choices: list[list[BlockChoice]] = field(default_factory=list)  # [sample][block]
+    options: CodingOptions | None = None  # as run: the model's defaults filled in
 
     @property
     def evaluations(self) -> int:
@@ -62,7 +63,7 @@ def encode_adaptive(
     context window and the keyframes, so ``model.decode(result.tokens)`` repeats the reconstruction.
     ``on_block(i, n)`` is called after each block.
     """
-    options = (options or CodingOptions()).for_model(model.config)
+    options = (options or CodingOptions()).for_model(model)
     check_video(video, model.config)
     frame_size = tuple(video.shape[-2:])
     T = model.config.tokens_per_block(frame_size)
@@ -97,4 +98,4 @@ def encode_adaptive(
     keys = keys if keys[:, 1:].any() else None  # only block 0: the plain layout
     tokens = Tokens(torch.stack(all_counts), values, model.config.bottleneck, num_frames, frame_size,
                     options.context_blocks, keys)
-    return AdaptiveResult(tokens, torch.cat(all_recon), choices)
+    return AdaptiveResult(tokens, torch.cat(all_recon), choices, options)

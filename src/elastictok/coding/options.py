@@ -6,8 +6,10 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from elastictok.coding.prediction import PREDICTED_METRICS
 from elastictok.coding.search import SEARCHES, tolerance_for
 from elastictok.coding.target import Target, default_target
+from elastictok.model.autoencoder import ElasticTok
 from elastictok.model.config import ElasticTokConfig
 from elastictok.model.tokens import is_context_window
 
@@ -27,7 +29,9 @@ class CodingOptions:
     """How each block's token count is chosen, and what context it is coded against.
 
     The count comes from one of three modes: a search for the fewest tokens meeting ``target`` (the
-    default; None: the target the model declares, else the official block MSE 0.003), a fixed
+    default; None: the target the model declares, else the official block MSE 0.003; ``search`` None:
+    ``predict`` where the model has a token-count predictor and the metric is MSE or PSNR, else
+    ``fast``), a fixed
     ``num_tokens`` in every block, or an average ``budget`` of tokens per block
     spread over the video by rate control. ``min_tokens`` / ``max_tokens`` cap the search and the
     budget (default: the model's minimum and every token). ``context_blocks`` bounds how many earlier
@@ -41,7 +45,7 @@ class CodingOptions:
     """
 
     target: Target | None = None
-    search: str = "fast"
+    search: str | None = None
     num_tokens: int | None = None
     budget: float | None = None
     budget_objective: str = "psnr"
@@ -56,7 +60,7 @@ class CodingOptions:
     def __post_init__(self) -> None:
         if self.target is not None and not isinstance(self.target, Target):
             raise TypeError(f"expected target to be a Target, got {type(self.target).__name__}")
-        if self.search not in SEARCHES:
+        if self.search is not None and self.search not in SEARCHES:
             raise ValueError(f"unknown search {self.search!r}; expected one of {SEARCHES}")
         if self.num_tokens is not None and self.budget is not None:
             raise ValueError("give either --num-tokens or --budget, not both")
@@ -81,14 +85,14 @@ class CodingOptions:
         if self.speculation is not None and not (_is_int(self.speculation) and 1 <= self.speculation <= 8):
             raise ValueError(f"expected a speculation depth in [1, 8], got {self.speculation}")
         if self.tolerance is not None:
-            tolerance_for(self.search, self.tolerance)  # raises on a bad value, or with grid
+            tolerance_for(self.search or "fast", self.tolerance)  # raises on a bad value, or with grid
             if self.mode != "adaptive":
                 raise ValueError("--tolerance is for a quality target's search, not with --num-tokens or --budget")
 
     @property
     def search_tolerance(self) -> float:
         """The tolerance the search runs with (its default where none was given)."""
-        return tolerance_for(self.search, self.tolerance)
+        return tolerance_for(self.search or "fast", self.tolerance)
 
     @property
     def mode(self) -> str:
@@ -106,11 +110,12 @@ class CodingOptions:
             raise ValueError(f"a budget of {self.budget} tokens per block is below the minimum of {lo}")
         return lo, hi, T
 
-    def for_model(self, config: ElasticTokConfig) -> CodingOptions:
-        """These options with the model's defaults filled in where none was given (its declared target
-        and trained context window), so a token file records what it was coded with."""
-        return replace(self, target=self.target or default_target(config),
-                       context_blocks=config.context_window(self.context_blocks))
+    def for_model(self, model: ElasticTok) -> CodingOptions:
+        """These options with the model's defaults filled in where none was given (its declared target,
+        its search and trained context window), so a token file records what it was coded with."""
+        target = self.target or default_target(model.config)
+        return replace(self, target=target, search=search_for(self.search, model, target, self.mode),
+                       context_blocks=model.config.context_window(self.context_blocks))
 
     def settings(self) -> dict[str, Any]:
         """The options as recorded in ``stats.json`` and ``.etok`` headers."""
@@ -120,9 +125,25 @@ class CodingOptions:
             mode = {"mode": "fixed", "num_tokens": self.num_tokens}
         else:
             target = self.target or Target()
-            mode = {"mode": "adaptive", "metric": target.metric, "threshold": target.threshold, "search": self.search,
+            mode = {"mode": "adaptive", "metric": target.metric, "threshold": target.threshold,
+                    "search": self.search or "fast",
                     "tolerance": self.search_tolerance}
         return mode | {
             "min_tokens": self.min_tokens, "max_tokens": self.max_tokens, "context_blocks": self.context_blocks,
             "keyframe_interval": self.keyframe_interval, "cut_threshold": self.cut_threshold,
         }
+
+
+def search_for(search: str | None, model: ElasticTok, target: Target, mode: str = "adaptive") -> str | None:
+    """The search a model runs: ``search``, or by default ``predict`` where the model has a predictor
+    for this metric, else ``fast``; refuses ``predict`` where it cannot run."""
+    has_predictor = getattr(model, "predictor", None) is not None
+    if search is None:
+        return "predict" if has_predictor and target.metric in PREDICTED_METRICS else "fast"
+    if search == "predict" and mode == "adaptive":
+        if not has_predictor:
+            raise ValueError("--search predict needs a model with a token-count predictor "
+                             "(make one with elastictok train-predictor)")
+        if target.metric not in PREDICTED_METRICS:
+            raise ValueError(f"--search predict predicts MSE and PSNR, not {target.metric}: use --search fast")
+    return search

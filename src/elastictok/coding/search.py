@@ -17,6 +17,12 @@ nothing meets the target they fall back to ``hi`` (every token), like the offici
   real videos. Without a guess (a video's first block) it first checks that every token meets the
   target (one pass when nothing can), then bisects like ``binary``. By default it runs with a
   tolerance of 1/128 of the block's tokens (below).
+- ``predict``: starts from a learned prediction of the block's curve (a guess of the margin at every
+  count, and how far off its crossing may be): verifies the predicted count with one real pass, then
+  aims each next count at the crossing of the predicted curve shifted through the margins verified so
+  far, at the edge of the bracket that would close it; moves at least double while only one side of
+  the crossing is known, and bisects once the bracket stops halving. A wrong guess costs passes only:
+  the count it returns was evaluated, like every other search's.
 - ``official``: the official ``inference_binary`` decision rule, quirks included, for parity checks.
 
 A tolerance (``slack``, in tokens; :func:`run_search` takes it as a fraction of the block's tokens) lets a
@@ -37,11 +43,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SEARCHES = ("fast", "binary", "grid", "full")
+SEARCHES = ("predict", "fast", "binary", "grid", "full")
 # The tolerance each search uses unless one is given, as a fraction of the block's tokens: exact (the
 # official semantics) except for ``fast``, where 1/128 is the largest of 1/512..1/32 that cost at most
 # 2% more tokens than exact ``binary`` on the development clips (docs/searches.md#tolerance).
-DEFAULT_TOLERANCE = {"fast": 1 / 128, "binary": 0.0, "grid": 0.0, "full": 0.0}
+DEFAULT_TOLERANCE = {"predict": 1 / 64, "fast": 1 / 128, "binary": 0.0, "grid": 0.0, "full": 0.0}
 
 
 @dataclass
@@ -278,6 +284,104 @@ def local_slope(results: dict[int, float], count: int) -> float | None:
     return (results[b] - results[a]) / (math.log(b) - math.log(a))
 
 
+def predicted_crossing(guess: Callable[[int], float], counts: list[int]) -> float:
+    """Where ``guess`` first reaches 0 along ascending ``counts`` (linear in log count between the last
+    count above 0 and the first at or below it); ``math.inf`` when it never does."""
+    previous = None
+    for n in counts:
+        m = guess(n)
+        if m <= 0:
+            if previous is None:
+                return float(n)
+            return min(_crossing(previous[0], previous[1], n, m), float(n))
+        previous = (n, m)
+    return math.inf
+
+
+def shifted(guess: Callable[[int], float], results: dict[int, float]) -> Callable[[int], float]:
+    """``guess`` plus its error at the evaluated counts, interpolated in log count between them (constant
+    beyond), so it passes through every measured margin."""
+    known = sorted(results)
+    if not known:
+        return guess
+    errors = [results[n] - guess(n) for n in known]
+    logs = [math.log(n) for n in known]
+
+    def corrected(n: int) -> float:
+        x = math.log(n)
+        if x <= logs[0]:
+            return guess(n) + errors[0]
+        if x >= logs[-1]:
+            return guess(n) + errors[-1]
+        j = next(i for i, v in enumerate(logs) if v >= x)
+        w = (x - logs[j - 1]) / (logs[j] - logs[j - 1])
+        return guess(n) + (1 - w) * errors[j - 1] + w * errors[j]
+
+    return corrected
+
+
+def predict(
+    margin: Callable[[int], float],
+    lo: int,
+    hi: int,
+    guess: Callable[[int], float],
+    spread: float = 0.0,
+    slack: float = 0,
+    counts: list[int] | None = None,
+) -> tuple[int, int]:
+    """The smallest passing count (within ``slack``), steered by a predicted margin curve ``guess``.
+
+    ``spread`` is the prediction's uncertainty in tokens: the first move up from a failing count where
+    even the corrected curve does not reach the target (moves at least double after that).
+    ``counts`` are where ``guess`` is read (default: every count in [lo, hi]). Exact for a monotone
+    margin with ``slack`` 0; on any curve the count returned passes, or is ``hi`` when it fails.
+    """
+    _check_range(lo, hi)
+    probe = Probe(margin)
+    counts = counts or list(range(lo, hi + 1))
+    k = stride(slack)
+    a, b = lo - 1, hi + 1  # every count <= a fails (or lies below the range); b passes (or lies above)
+    n = _clamp(predicted_crossing(guess, counts), lo, hi)
+    width, halvings, reach = None, 0, 0.0
+    while True:
+        if probe(n):
+            b = n
+        else:
+            a = n
+        if a >= hi:
+            return hi, probe.evaluations
+        if b <= hi and close_enough(a, b, slack):
+            return b, probe.evaluations
+        c = predicted_crossing(shifted(guess, probe.results), [m for m in counts if a < m < b] + [b])
+        c = min(c, b - 0.5) if b <= hi else c
+        if lo <= a and b <= hi:
+            # Bisect when aiming has not halved the bracket twice in a row (a misleading curve).
+            halvings = halvings + 1 if width is not None and (b - a) > width / 2 else 0
+            width = b - a
+            n = (a + b) // 2 if halvings >= 2 else _aim(a, b, c, k)
+        elif b <= hi:  # passes only: the crossing is below
+            reach = max(b - c, 2 * reach, float(k))
+            n = _aim(a, b, b - reach, k)
+        else:  # fails only: the crossing is above, where the corrected curve says, else by the spread
+            reach = max(c - a if math.isfinite(c) else spread, 2 * reach, float(k))
+            n = _aim(a, b, a + reach, k)
+
+
+def _clamp(x: float, lo: int, hi: int) -> int:
+    return hi if not math.isfinite(x) else min(max(math.ceil(x), lo), hi)
+
+
+def _aim(a: int, b: int, c: float, k: int) -> int:
+    """The next count in (a, b) for a crossing estimated at ``c``: one that closes the bracket if the
+    estimate is right (k below a pass, or k above a fail), else just above ``c`` (a likely pass whose
+    next probe, k below, likely fails)."""
+    if b - k > a and c >= b - k:
+        return b - k
+    if a + k < b and c <= a + k:
+        return a + k
+    return min(max(math.ceil(c + k / 2 - 0.5) if k > 1 else math.ceil(c), a + 1), b - 1)
+
+
 def official_binary(
     loss: Callable[[int], float], min_toks: int, max_toks: int, threshold: float
 ) -> tuple[int, list[int]]:
@@ -319,6 +423,16 @@ def tolerance_for(name: str, tolerance: float | None) -> float:
 
 
 @dataclass
+class Guess:
+    """A predicted margin curve: ``margin(n)`` for any count, read at ``counts``, and its ``spread``
+    (the uncertainty of its crossing, in tokens)."""
+
+    margin: Callable[[int], float]
+    spread: float
+    counts: list[int] | None = None
+
+
+@dataclass
 class SearchResult:
     count: int
     evaluations: int
@@ -341,17 +455,23 @@ def run_search(
     depth: int = 1,
     tolerance: float | None = None,
     tokens: int | None = None,
+    guess: Guess | None = None,
 ) -> SearchResult:
     """Dispatch by name. ``start`` and ``slope`` are hints that only ``fast`` uses; so are ``margins``
-    (a batched ``margin``) and ``depth``, which switch it to :func:`speculative_binary`. ``tolerance``
-    is a fraction of ``tokens`` (the block's tokens; default hi), None: the search's default."""
+    (a batched ``margin``) and ``depth``, which switch it to :func:`speculative_binary`. ``guess`` is
+    the predicted curve ``predict`` needs. ``tolerance`` is a fraction of ``tokens`` (the block's
+    tokens; default hi), None: the search's default."""
     tolerance = tolerance_for(name, tolerance)
+    if name == "predict" and guess is None:
+        raise ValueError("the predict search needs a predicted curve (a model with a token-count predictor)")
     slack = tolerance * (hi if tokens is None else tokens)
     probe = Probe(margin)  # shared memo, so the slope can be read off whatever the search evaluated
     if name == "fast" and depth > 1 and margins is not None:
         count, evaluations, calls = speculative_binary(margins, lo, hi, depth, slack)
         return SearchResult(count, evaluations, slope, calls)
-    if name == "fast":
+    if name == "predict":
+        count, _ = predict(probe.value, lo, hi, guess.margin, guess.spread, slack, guess.counts)
+    elif name == "fast":
         count, _ = fast(probe.value, lo, hi, start, slope, slack=slack)
     elif name == "binary":
         count, _ = binary(probe.value, lo, hi, slack)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from elastictok.coding.coder import BlockCoder, depth_for_block, speculation_depth
-from elastictok.coding.options import CodingOptions
+from elastictok.coding.options import CodingOptions, search_for
+from elastictok.coding.prediction import predicted_guess
 from elastictok.coding.search import run_search
 from elastictok.coding.target import BlockScorer, default_target
 from elastictok.metrics.pixel import mse_to_psnr
@@ -90,12 +91,13 @@ def code_blocks(
     options = options or CodingOptions()
     if options.mode == "budget" and counts is None:
         raise ValueError("a budget needs per-block counts: plan them with ratecontrol.plan_counts")
-    target, search, speculation = options.target or default_target(model.config), options.search, options.speculation
+    target, speculation = options.target or default_target(model.config), options.speculation
     fixed = counts is not None or options.num_tokens is not None
+    search = search_for(options.search, model, target, "fixed" if fixed else options.mode)
     per_block = None if counts is None else iter(counts)
     state, scorer, mse_scorer = None, None, None
     start = slope = None
-    previous = None
+    previous = last_slice = None
     for i, block in enumerate(blocks):
         if state is None:
             frame_size = tuple(block.shape[-2:])
@@ -107,15 +109,19 @@ def code_blocks(
         keyframe = keyframe or (options.cut_threshold is not None and is_cut(previous, block, options.cut_threshold))
         if keyframe:
             reset_context(state)
+            last_slice = None
         patches = model.patchify(block.to(model.device))
         coder = BlockCoder(model, patches, state, scorer)
         if not fixed:
             if speculation is None:
                 speculation = speculation_depth(coder, lo, hi) if search == "fast" else 1
+            guess = None
+            if search == "predict":
+                guess = predicted_guess(model, patches, last_slice, state.frame_size, target, lo, hi)
             found = run_search(
                 search, lambda m: target.margin(coder.evaluate(m, target.met)), lo, hi, start, slope,
                 margins=lambda ns: [target.margin(v) for v in coder.evaluate_many(ns, target.met)],
-                depth=depth_for_block(coder, speculation), tolerance=options.tolerance, tokens=T,
+                depth=depth_for_block(coder, speculation), tolerance=options.tolerance, tokens=T, guess=guess,
             )
             n, evals, passes, start, slope = found.count, found.evaluations, found.passes, found.count, found.slope
         else:
@@ -128,6 +134,8 @@ def code_blocks(
             evals = passes = 1
         step = coder.final(n)
         model.commit(state, step, options.context_blocks)
+        grid = model.config.grid(state.frame_size)
+        last_slice = step.recon[:, -grid[1] * grid[2]:].float().clamp(-1, 1)  # what the next block sees first
         value = coder.values.get(n)
         if value is None:
             value = scorer(step.recon, patches)

@@ -51,7 +51,7 @@ def tokenize(
     if engine == "ray":
         require_ray()
     refs = list_sources(sources)
-    job = (job or TokenizeJob()).for_model(model.config)
+    job = (job or TokenizeJob()).for_model(model)
     if model.config.rope == "1d":  # one frame size for every source: bad options fail here, not per source
         job.options.bounds(model.config, model.config.frame_size)
     start = time.perf_counter()

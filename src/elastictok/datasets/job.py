@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from elastictok.coding.options import CodingOptions
-from elastictok.model.config import ElasticTokConfig
+from elastictok.model.autoencoder import ElasticTok
 
 
 def _positive_int(value: object) -> bool:
@@ -36,9 +36,9 @@ class TokenizeJob:
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"expected --fps to be a positive number, got {self.fps!r}")
 
-    def for_model(self, config: ElasticTokConfig) -> TokenizeJob:
-        """This job with the model's context window filled in (so the manifest records the real one)."""
-        return replace(self, options=self.options.for_model(config))
+    def for_model(self, model: ElasticTok) -> TokenizeJob:
+        """This job with the model's defaults filled in (so the manifest records the real ones)."""
+        return replace(self, options=self.options.for_model(model))
 
     def settings(self) -> dict[str, Any]:
         """The job as recorded in ``manifest.json``; appending needs the same settings."""

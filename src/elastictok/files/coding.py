@@ -129,7 +129,7 @@ def _close(iterator: Iterator) -> None:
 def _prepared(model: ElasticTok, source: Source, options: CodingOptions) -> CodingOptions:
     """``options`` checked against this model and frame size before anything is written."""
     options.bounds(model.config, source.size)
-    return options.for_model(model.config)
+    return options.for_model(model)
 
 
 def encode_file(

@@ -17,6 +17,7 @@ from elastictok.model.bottleneck import FSQ, GaussianBottleneck
 from elastictok.model.checks import check_counts, check_video
 from elastictok.model.config import ElasticTokConfig
 from elastictok.model.layers import KV, TransformerStack, block_causal_mask, rope_angles
+from elastictok.model.predictor import CountPredictor
 from elastictok.model.tokens import Tokens
 from elastictok.utils.pretrained import PretrainedMixin
 
@@ -138,10 +139,12 @@ class ElasticTok(PretrainedMixin, nn.Module):
     """Block-causal transformer autoencoder that spends a variable number of tokens per block.
 
     ``ElasticTok.from_pretrained(dir)`` / ``model.save_pretrained(dir)`` read and write a pretrained
-    directory (``config.json`` + ``model.safetensors``).
+    directory (``config.json`` + ``model.safetensors``, and ``predictor.json`` + ``predictor.safetensors``
+    when the model has a token-count predictor, ``model.predictor``; None without one).
     """
 
     config_class = ElasticTokConfig
+    companions = {"predictor": CountPredictor}
 
     def __init__(self, config: ElasticTokConfig) -> None:
         super().__init__()
@@ -149,6 +152,7 @@ class ElasticTok(PretrainedMixin, nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         self.quantizer = self._make_quantizer()
+        self.predictor: CountPredictor | None = None
         _init_linear(self, config.initializer_range)
 
     def _make_quantizer(self) -> nn.Module:

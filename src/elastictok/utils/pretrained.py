@@ -2,7 +2,10 @@
 
 A mixin in the manner of huggingface_hub's ``PyTorchModelHubMixin``, but strict: the weights must
 match the checksum recorded beside them, every tensor must match the config by name and shape,
-nothing is ever unpickled, and the model comes back in eval mode.
+nothing is ever unpickled, and the model comes back in eval mode. A module may own *companions*:
+smaller modules saved beside it under their own file names (such as a token-count predictor), each
+recording the SHA-256 of the weights it was made for, loaded when present and refused when they were
+made for other weights.
 """
 
 from __future__ import annotations
@@ -52,20 +55,20 @@ def verify_checksum(path: str | Path, name: str) -> None:
                          "the file is damaged or was changed; restore it or save the model again")
 
 
-def load_config(config_class: Any, path: str | Path) -> Any:
-    file = Path(path) / CONFIG_NAME
+def load_config(config_class: Any, path: str | Path, name: str = CONFIG_NAME, weights: str = WEIGHTS_NAME) -> Any:
+    file = Path(path) / name
     if not file.is_file():
-        raise FileNotFoundError(f"{path}: expected a pretrained directory with {CONFIG_NAME} and {WEIGHTS_NAME}")
+        raise FileNotFoundError(f"{path}: expected a pretrained directory with {name} and {weights}")
     try:
         return config_class.from_json(file.read_text())
     except (json.JSONDecodeError, TypeError) as err:
         raise ValueError(f"{file}: not a valid elastictok config ({err})") from None
 
 
-def load_weights(path: str | Path, device: str | torch.device) -> dict[str, torch.Tensor]:
-    weights = Path(path) / WEIGHTS_NAME
+def load_weights(path: str | Path, device: str | torch.device, name: str = WEIGHTS_NAME) -> dict[str, torch.Tensor]:
+    weights = Path(path) / name
     if not weights.is_file():
-        raise FileNotFoundError(f"{path}: missing {WEIGHTS_NAME}")
+        raise FileNotFoundError(f"{path}: missing {name}")
     try:
         return load_file(weights, device=str(device))
     except (SafetensorError, OSError) as err:
@@ -91,32 +94,60 @@ class PretrainedMixin:
     """``save_pretrained`` / ``from_pretrained`` for an ``nn.Module`` whose ``__init__`` takes one config.
 
     The class sets ``config_class`` (with ``to_json`` / ``from_json``) and may override
-    :meth:`init_nonpersistent` to rebuild buffers that are not saved (they start on the meta device).
+    :meth:`init_nonpersistent` to rebuild buffers that are not saved (they start on the meta device),
+    ``config_name`` / ``weights_name`` (the file names) and ``companions`` (attribute name -> class of
+    an optional companion module; its config has a ``for_weights`` field, the SHA-256 of the weights
+    it was made for).
     """
 
     config_class: ClassVar[type]
+    config_name: ClassVar[str] = CONFIG_NAME
+    weights_name: ClassVar[str] = WEIGHTS_NAME
+    companions: ClassVar[dict[str, type]] = {}
 
     def save_pretrained(self, path: str | Path) -> Path:
+        """Write the directory. A companion made for other weights than the ones written (after
+        fine-tuning, say) is left out: it would be refused on load."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_path(path / WEIGHTS_NAME) as temp:
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
+                 if k.split(".", 1)[0] not in self.companions}
+        with atomic_path(path / self.weights_name) as temp:
             save_file(state, str(temp), metadata={"format": "pt"})
-        record_checksums(path, [WEIGHTS_NAME])
-        write_text(path / CONFIG_NAME, self.config.to_json() + "\n")
+        record_checksums(path, [self.weights_name])
+        write_text(path / self.config_name, self.config.to_json() + "\n")
+        digest = read_checksums(path)[self.weights_name]
+        for attr in self.companions:
+            companion = getattr(self, attr, None)
+            if companion is not None and companion.config.for_weights == digest:
+                companion.save_pretrained(path)
         return path
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu"):
-        config = load_config(cls.config_class, path)
-        state = load_weights(path, device)
+        config = load_config(cls.config_class, path, cls.config_name, cls.weights_name)
+        state = load_weights(path, device, cls.weights_name)
         with torch.device("meta"):  # no random init of weights that are about to be replaced
             model = cls(config)
-        check_state(state, model.state_dict(), Path(path) / WEIGHTS_NAME)
-        verify_checksum(path, WEIGHTS_NAME)  # after the structure: its errors say more about a wrong file
+        check_state(state, model.state_dict(), Path(path) / cls.weights_name)
+        verify_checksum(path, cls.weights_name)  # after the structure: its errors say more about a wrong file
         model.load_state_dict(state, strict=True, assign=True)
         model.init_nonpersistent(device)
+        for attr, companion_class in cls.companions.items():
+            if (Path(path) / companion_class.config_name).is_file():
+                setattr(model, attr, load_companion(companion_class, path, cls.weights_name, device))
         return model.eval()
 
     def init_nonpersistent(self, device: str | torch.device) -> None:
         """Rebuild buffers that are not in the state dict on ``device`` (none by default)."""
+
+
+def load_companion(companion_class: Any, path: str | Path, owner_weights: str, device: str | torch.device) -> Any:
+    """A companion module from ``path``, refused unless it was made for the owner's weights there."""
+    companion = companion_class.from_pretrained(path, device)
+    digest = read_checksums(path).get(owner_weights) or sha256(Path(path) / owner_weights)
+    if companion.config.for_weights != digest:
+        raise ValueError(f"{Path(path) / companion_class.config_name} was made for other weights than "
+                         f"{owner_weights} (SHA-256 {companion.config.for_weights[:12]}..., not {digest[:12]}...); "
+                         "make it again for these weights or remove it")
+    return companion

@@ -1,0 +1,110 @@
+"""The ``predict`` search's contract on synthetic curves: whatever the guess, the count it returns passes
+(or is the maximum when nothing does), within the tolerance, and exactly the smallest at tolerance 0."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from elastictok.coding.search import Guess, binary, predict, predicted_crossing, run_search, shifted
+
+
+def power_law(k: float, slope: float = 1.3):
+    """A monotone margin crossing zero between k - 1 and k, like log(mse / threshold) for a power law."""
+    return lambda n: slope * (math.log(k - 0.5) - math.log(n))
+
+
+def staircase(rng, lo, hi):
+    """Monotone with flat stretches and cliffs, like real curves near the crossing."""
+    drops = np.sort(rng.choice(np.arange(lo, hi + 1), size=int(rng.integers(1, 12)), replace=False))
+    heights = rng.exponential(1.0, drops.size)
+    level = float(rng.uniform(-0.6, 0.6) * heights.sum())
+    return lambda n: level + heights[drops > n].sum() - heights.sum() / 2
+
+
+def smallest_pass(margin, lo, hi):
+    return next((n for n in range(lo, hi + 1) if margin(n) <= 0), hi)
+
+
+def check(margin, lo, hi, guess, spread, slack):
+    count, evaluations = predict(margin, lo, hi, guess, spread, slack)
+    assert lo <= count <= hi
+    exact = smallest_pass(margin, lo, hi)
+    if margin(hi) > 0:
+        assert count == hi
+    else:
+        assert margin(count) <= 0  # it passes
+        assert count - exact < max(slack, 1) + (slack > 1) * 0  # within the tolerance (exact when slack <= 1)
+        if slack <= 1:
+            assert count == exact
+    return count, evaluations
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_count_passes_and_respects_the_tolerance_whatever_the_guess(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        lo, hi = int(rng.integers(1, 200)), int(rng.integers(300, 3000))
+        margin = staircase(rng, lo, hi) if rng.random() < 0.5 else power_law(float(rng.integers(lo, hi + 40)))
+        kind = rng.integers(4)
+        if kind == 0:  # a good guess
+            guess = lambda n, m=margin, e=float(rng.normal(0, 0.05)): m(n) + e  # noqa: E731
+        elif kind == 1:  # a wrong level
+            guess = lambda n, m=margin, e=float(rng.normal(0, 2)): m(n) + e  # noqa: E731
+        elif kind == 2:  # a curve that never reaches the target
+            guess = lambda n: 5.0  # noqa: E731
+        else:  # one that always passes
+            guess = lambda n: -5.0  # noqa: E731
+        slack = float(rng.choice([0, 1, 5.5, 0.02 * hi]))
+        check(margin, lo, hi, guess, float(rng.uniform(0, 200)), slack)
+
+
+def test_exact_at_tolerance_zero_like_binary():
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        lo, hi = int(rng.integers(1, 100)), int(rng.integers(200, 2000))
+        k = int(rng.integers(lo, hi + 1))
+        margin = power_law(k)
+        guess = lambda n, e=float(rng.normal(0, 0.3)): margin(n) + e  # noqa: E731
+        assert predict(margin, lo, hi, guess, 50.0, 0)[0] == binary(margin, lo, hi)[0] == k
+
+
+def test_nothing_passes_costs_one_pass_when_predicted_and_falls_back_to_the_maximum():
+    never = lambda n: 1.0  # noqa: E731
+    assert predict(never, 10, 1000, lambda n: 0.5, 10.0, 0) == (1000, 1)
+    # A guess that wrongly promises a pass costs passes, never correctness.
+    count, evaluations = predict(never, 10, 1000, lambda n: -1.0, 10.0, 0)
+    assert count == 1000 and evaluations > 1
+
+
+def test_a_good_guess_needs_about_two_passes_and_a_bad_one_stays_bounded():
+    lo, hi, slack = 49, 784, 784 / 64
+    good, bad = [], []
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        k = int(rng.integers(100, 700))
+        margin = power_law(k)
+        good.append(predict(margin, lo, hi, lambda n, m=margin: m(n) + 0.01, 20.0, slack)[1])
+        bad.append(predict(margin, lo, hi, lambda n, m=margin: 0.4 * m(n) + 1.0, 20.0, slack)[1])
+    assert np.mean(good) <= 2.2
+    # A misleading guess: still no worse than a few passes beyond bisecting the whole range.
+    assert max(bad) <= math.ceil(math.log2(hi - lo)) + 4
+
+
+def test_corrected_curve_passes_through_the_measured_margins():
+    guess = lambda n: math.log(300 / n)  # noqa: E731
+    measured = {100: 2.0, 400: -0.5}
+    curve = shifted(guess, measured)
+    assert curve(100) == pytest.approx(2.0) and curve(400) == pytest.approx(-0.5)
+    assert predicted_crossing(curve, list(range(1, 1000))) < 400
+    assert predicted_crossing(lambda n: 1.0, [1, 2, 3]) == math.inf
+
+
+def test_run_search_needs_a_guess_for_predict():
+    margin = power_law(300)
+    with pytest.raises(ValueError, match="predicted curve"):
+        run_search("predict", margin, 10, 1000)
+    found = run_search("predict", margin, 10, 1000, guess=Guess(margin, 5.0), tolerance=0)
+    assert found.count == 300
