@@ -31,7 +31,8 @@ import torch
 from elastictok.coding.adaptive import encode_adaptive
 from elastictok.coding.coder import BlockCoder
 from elastictok.coding.options import CodingOptions
-from elastictok.coding.search import DEFAULT_TOLERANCE, Probe, official_binary, run_search
+from elastictok.coding.prediction import predicted_guess
+from elastictok.coding.search import DEFAULT_TOLERANCE, Probe, official_binary, predicted_crossing, run_search
 from elastictok.coding.target import BlockScorer, Target
 from elastictok.files.source import load_input
 from elastictok.metrics.pixel import block_mse
@@ -211,6 +212,122 @@ def bench_model(name: str, model, clips: list[str], frames: int, threshold: floa
                   f"{above:>12}")
 
 
+def parse_target(text: str) -> Target:
+    metric, _, value = text.partition(":")
+    return Target(metric, float(value))
+
+
+@torch.no_grad()
+def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance: float) -> dict:
+    """Every block against binary's context: binary's exact count (timed: its own evaluations), the
+    predictor's count (where its curve crosses the target) and the cost of a prediction, and the
+    evaluations of predict, fast and binary at ``tolerance`` on the same curve (a shared memo)."""
+    frame_size = tuple(video.shape[-2:])
+    lo, hi, T = model.config.token_bounds(frame_size, None, None)
+    scorer = BlockScorer(model, target.metric, frame_size)
+    patches = model.patchify(model.pad_frames(video))
+    grid = model.config.grid(frame_size)
+    state, last, hint, bias = model.new_state(frame_size), None, (None, None), 0.0
+    out = {"exact": [], "predicted": [], "started": [], "binary_seconds": 0.0, "binary_evals": 0,
+           "predict_seconds": 0.0,
+           "predictions": 0, "evals": {"predict": [], "fast": [], "binary": []}, "counts": {"predict": [], "fast": [],
+           "binary": []}, "T": T}
+    for i in range(patches.shape[1] // T):
+        block = patches[:, i * T : (i + 1) * T]
+        coder = BlockCoder(model, block, state, scorer)
+        margin = Probe(lambda n: target.margin(coder.evaluate(n, target.met))).value
+        start = time.perf_counter()
+        exact = run_search("binary", margin, lo, hi, tolerance=0)
+        out["binary_seconds"] += time.perf_counter() - start
+        out["binary_evals"] += exact.evaluations
+        start = time.perf_counter()
+        guess = predicted_guess(model, block, last, frame_size, target, lo, hi, bias)
+        out["predict_seconds"] += time.perf_counter() - start
+        out["predictions"] += 1
+        raw = predicted_guess(model, block, last, frame_size, target, lo, hi)
+        out["exact"].append(exact.count)
+        for key, g in (("predicted", raw), ("started", guess)):
+            crossing = predicted_crossing(g.margin, g.counts)
+            out[key].append(hi if not np.isfinite(crossing) else min(max(int(np.ceil(crossing)), lo), hi))
+        for name in ("predict", "fast", "binary"):
+            found = run_search(name, margin, lo, hi, *hint, tolerance=tolerance, tokens=T, guess=guess)
+            if name == "fast":
+                hint = found.count, found.slope
+            if name == "predict":
+                bias += found.residual or 0.0
+            out["evals"][name].append(found.evaluations)
+            out["counts"][name].append(found.count)
+        step = coder.final(exact.count)
+        model.commit(state, step, context_blocks)
+        last = step.recon[:, -grid[1] * grid[2]:].float().clamp(-1, 1)
+    return out
+
+
+def bench_predict(model, clips: list[str], frames: int, fps, resolution, targets: list[Target], tolerance: float,
+                  context_blocks, separate: bool = True) -> None:
+    """The predictor's accuracy and the predict search against fast and binary, per target (see --targets)."""
+    context_blocks = model.config.context_window(context_blocks)
+    fast_default = DEFAULT_TOLERANCE["fast"]
+    runs = {"binary": ("binary", tolerance), f"fast t={Fraction(fast_default)}": ("fast", fast_default),
+            "fast": ("fast", tolerance), "predict": ("predict", tolerance)}
+    videos = [load_clip(clip, model, frames, fps, resolution).to(model.device) for clip in clips]
+    for target in targets:
+        pairs = [predictor_pairs(model, v, target, context_blocks, tolerance) for v in videos]
+        T = [p["T"] for p in pairs for _ in p["exact"]]
+        exact = [n for p in pairs for n in p["exact"]]
+        predicted = [n for p in pairs for n in p["predicted"]]
+        started = [n for p in pairs for n in p["started"]]
+        reachable = [i for i in range(len(exact)) if exact[i] < T[i]]
+        err = [abs(a - b) / t for a, b, t in zip(predicted, exact, T)]
+        err_start = [abs(a - b) / t for a, b, t in zip(started, exact, T)]
+        binary_seconds = sum(p["binary_seconds"] for p in pairs)
+        binary_evals = sum(p["binary_evals"] for p in pairs)
+        per_eval = binary_seconds / max(1, binary_evals)
+        prediction_cost = sum(p["predict_seconds"] for p in pairs) / max(1, sum(p["predictions"] for p in pairs))
+        relative = prediction_cost / per_eval
+        print(f"\n{target.metric} {target.threshold:g}: {len(clips)} clips, {len(exact)} blocks "
+              f"({len(reachable)} where some count meets the target), "
+              f"tolerance {Fraction(tolerance).limit_denominator()}")
+        print(f"predictor error |predicted - exact| / tokens: mean {100 * np.mean(err):.2f}% over all blocks, "
+              f"{100 * np.mean([err[i] for i in reachable]) if reachable else float('nan'):.2f}% over reachable ones; "
+              f"median {100 * np.median(err):.2f}%; within 1/64 of the tokens on "
+              f"{sum(e <= 1 / 64 for e in err)}/{len(err)}")
+        print(f"corrected by the error on the block before (where predict starts): "
+              f"mean {100 * np.mean(err_start):.2f}%,"
+              f" {100 * np.mean([err_start[i] for i in reachable]) if reachable else float('nan'):.2f}% over reachable "
+              f"ones; within 1/64 on {sum(e <= 1 / 64 for e in err_start)}/{len(err)}")
+        print(f"a prediction costs {1000 * prediction_cost:.1f} ms = {relative:.3f} of a full pass "
+              f"({1000 * per_eval:.0f} ms)")
+        same = {k: sum(sum(p["evals"][k]) for p in pairs) / len(exact) for k in ("predict", "fast", "binary")}
+        print("same context, evaluations per block: " + ", ".join(f"{k} {v:.2f}" for k, v in same.items())
+              + f", exact binary {binary_evals / len(exact):.2f}")
+        if not separate:
+            continue
+        print(f"{'search':<16}{'seconds':>9}{'full passes/block':>19}{'vs exact binary':>17}{'total tokens':>14}"
+              f"{'vs binary':>11}{'meets target':>14}")
+        # Exact binary's time is its own evaluations in the same-context pass above (where it sets the context).
+        rows = {"binary exact": (binary_seconds, binary_evals / len(exact), sum(exact), None)}
+        for label, (search, tol) in runs.items():
+            seconds, evals, tokens, met, blocks = 0.0, 0, 0, 0, 0
+            for video in videos:
+                start = time.perf_counter()
+                result = encode_adaptive(model, video, CodingOptions(target=target, search=search, tolerance=tol,
+                                                                     context_blocks=context_blocks))
+                seconds += time.perf_counter() - start
+                for choice in result.choices[0]:
+                    evals += choice.evaluations
+                    met += target.met(choice.value) or choice.count == result.tokens.tokens_per_block
+                    blocks += 1
+                tokens += int(result.tokens.counts.sum())
+            passes = evals / blocks + (relative if search == "predict" else 0.0)
+            rows[f"{label} t={Fraction(tol).limit_denominator()}" if label in ("binary", "fast", "predict")
+                 else label] = (seconds, passes, tokens, f"{met}/{blocks}")
+        reference_seconds, reference_tokens = rows["binary exact"][0], rows["binary exact"][2]
+        for label, (seconds, passes, tokens, met) in rows.items():
+            print(f"{label:<16}{seconds:>9.1f}{passes:>19.2f}{reference_seconds / seconds:>16.2f}x{tokens:>14}"
+                  f"{100 * (tokens / reference_tokens - 1):>+10.2f}%{met or '-':>14}")
+
+
 def load_clip(clip: str, model, frames: int, fps, resolution) -> torch.Tensor:
     """(1, 3, T, H, W) in [-1, 1]: a video file, or frames saved by ``--save-clips`` (no PyAV needed,
     for machines without it, such as the GPU machine this project borrows)."""
@@ -260,11 +377,23 @@ def main() -> None:
     only.add_argument("--paired-only", action="store_true",
                       help="only the same-context comparison: every search on each block against binary's context")
     parser.add_argument("--save-clips", metavar="DIR", help="only decode the clips into DIR as .npy frames, then stop")
+    parser.add_argument("--targets", nargs="+", type=parse_target, metavar="METRIC:VALUE",
+                        help="only the predictor table: its accuracy, and predict against fast and binary, at each "
+                        "target (e.g. mse:0.02 mse:0.03 psnr:25; with --paired-only, only the same-context "
+                        "part); the model needs a predictor")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.frames} frames per clip")
     model = load_pretrained(args.model, device=args.device) if args.model else load_default_model(device=args.device)[0]
     if args.save_clips:
         save_clips(args.clips, args.save_clips, model, args.frames, args.fps, args.resolution)
+        return
+    if args.targets:
+        tolerance = float(args.tolerance[0]) if args.tolerance else DEFAULT_TOLERANCE["predict"]
+        bench_predict(model, args.clips, args.frames, args.fps, args.resolution, args.targets, tolerance,
+                      args.context_blocks, not args.paired_only)
         return
     common = (args.clips, args.frames, args.threshold, args.fps, args.resolution, args.speculation, args.context_blocks,
               args.tolerance, not (args.encodes_only or args.paired_only), not args.paired_only, not args.encodes_only)

@@ -15,7 +15,7 @@ from elastictok.model.predictor import block_features
 
 PREDICTED_METRICS = ("mse", "psnr")
 # Counts the predicted curve is read at (log-spaced); between them it is interpolated in log count.
-READ_POINTS = 48
+READ_POINTS = 32
 
 
 def read_counts(lo: int, hi: int, num: int = READ_POINTS) -> list[int]:
@@ -25,10 +25,11 @@ def read_counts(lo: int, hi: int, num: int = READ_POINTS) -> list[int]:
 @torch.no_grad()
 def predicted_guess(
     model: ElasticTok, patches: torch.Tensor, previous: torch.Tensor | None, frame_size: tuple[int, int],
-    target: Target, lo: int, hi: int,
+    target: Target, lo: int, hi: int, bias: float = 0.0,
 ) -> Guess:
     """The guess of ``model.predictor`` for one block's patches (1, T, P); ``previous`` is the context's
-    last reconstructed time slice (1, rows * cols, P), None at a keyframe."""
+    last reconstructed time slice (1, rows * cols, P), None at a keyframe. ``bias`` is added to every
+    margin (the error the guess made on the block before)."""
     if target.metric not in PREDICTED_METRICS:
         raise ValueError(f"the predictor predicts {' and '.join(PREDICTED_METRICS)}, not {target.metric}: "
                          "use --search fast for this metric")
@@ -41,7 +42,7 @@ def predicted_guess(
 
     def margin(n: int) -> float:
         mse = math.exp(float(np.interp(math.log(n), logs, values)))
-        return target.margin(mse if target.metric == "mse" else float(mse_to_psnr(mse)))
+        return target.margin(mse if target.metric == "mse" else float(mse_to_psnr(mse))) + bias
 
     # The crossing's uncertainty in tokens: the spread of log MSE over the local slope in log count.
     margins = [margin(n) for n in counts]

@@ -331,8 +331,9 @@ def predict(
 ) -> tuple[int, int]:
     """The smallest passing count (within ``slack``), steered by a predicted margin curve ``guess``.
 
-    ``spread`` is the prediction's uncertainty in tokens: the first move up from a failing count where
-    even the corrected curve does not reach the target (moves at least double after that).
+    ``spread`` is the prediction's uncertainty in tokens: while only one side of the crossing is known,
+    a move goes to the corrected crossing but no further than this, a limit that doubles each move
+    (a predicted curve flatter than the real one would otherwise send it far past the crossing).
     ``counts`` are where ``guess`` is read (default: every count in [lo, hi]). Exact for a monotone
     margin with ``slack`` 0; on any curve the count returned passes, or is ``hi`` when it fails.
     """
@@ -355,16 +356,16 @@ def predict(
         c = predicted_crossing(shifted(guess, probe.results), [m for m in counts if a < m < b] + [b])
         c = min(c, b - 0.5) if b <= hi else c
         if lo <= a and b <= hi:
-            # Bisect when aiming has not halved the bracket twice in a row (a misleading curve).
+            # Bisect after a step that did not halve the bracket (the corrected curve misled it).
             halvings = halvings + 1 if width is not None and (b - a) > width / 2 else 0
             width = b - a
-            n = (a + b) // 2 if halvings >= 2 else _aim(a, b, c, k)
-        elif b <= hi:  # passes only: the crossing is below
-            reach = max(b - c, 2 * reach, float(k))
-            n = _aim(a, b, b - reach, k)
-        else:  # fails only: the crossing is above, where the corrected curve says, else by the spread
-            reach = max(c - a if math.isfinite(c) else spread, 2 * reach, float(k))
-            n = _aim(a, b, a + reach, k)
+            n = (a + b) // 2 if halvings >= 1 else _aim(a, b, c, k)
+        elif not math.isfinite(c):  # fails only, and even the corrected curve never meets the target
+            n = hi
+        else:  # one side only: towards the corrected crossing, within a trust region that doubles each move
+            reach = max(spread, float(k)) if reach == 0 else 2 * reach
+            move = min(max(b - c if b <= hi else c - a, float(k)), reach)
+            n = _aim(a, b, b - move if b <= hi else a + move, k)
 
 
 def _clamp(x: float, lo: int, hi: int) -> int:
@@ -438,6 +439,7 @@ class SearchResult:
     evaluations: int
     slope: float | None = None  # local d margin / d log(count), a hint for the next block
     calls: int | None = None  # sequential (batched) passes; None: one per evaluation
+    residual: float | None = None  # predict: real minus predicted margin at the count chosen
 
     @property
     def passes(self) -> int:
@@ -471,7 +473,10 @@ def run_search(
         return SearchResult(count, evaluations, slope, calls)
     if name == "predict":
         count, _ = predict(probe.value, lo, hi, guess.margin, guess.spread, slack, guess.counts)
-    elif name == "fast":
+        # How far the guess was off at the count chosen: the next block's guess starts corrected by it.
+        residual = probe.results[count] - guess.margin(count) if count in probe.results else None
+        return SearchResult(count, probe.evaluations, slope, residual=residual)
+    if name == "fast":
         count, _ = fast(probe.value, lo, hi, start, slope, slack=slack)
     elif name == "binary":
         count, _ = binary(probe.value, lo, hi, slack)

@@ -98,6 +98,7 @@ def code_blocks(
     state, scorer, mse_scorer = None, None, None
     start = slope = None
     previous = last_slice = None
+    bias = 0.0  # predict: the guess's error on the previous block, carried over (consecutive blocks share it)
     for i, block in enumerate(blocks):
         if state is None:
             frame_size = tuple(block.shape[-2:])
@@ -117,13 +118,14 @@ def code_blocks(
                 speculation = speculation_depth(coder, lo, hi) if search == "fast" else 1
             guess = None
             if search == "predict":
-                guess = predicted_guess(model, patches, last_slice, state.frame_size, target, lo, hi)
+                guess = predicted_guess(model, patches, last_slice, state.frame_size, target, lo, hi, bias)
             found = run_search(
                 search, lambda m: target.margin(coder.evaluate(m, target.met)), lo, hi, start, slope,
                 margins=lambda ns: [target.margin(v) for v in coder.evaluate_many(ns, target.met)],
                 depth=depth_for_block(coder, speculation), tolerance=options.tolerance, tokens=T, guess=guess,
             )
             n, evals, passes, start, slope = found.count, found.evaluations, found.passes, found.count, found.slope
+            bias += found.residual or 0.0
         else:
             n = options.num_tokens if per_block is None else next(per_block, None)
             if n is None:

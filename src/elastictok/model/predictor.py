@@ -21,9 +21,12 @@ from torch import nn
 
 from elastictok.utils.pretrained import PretrainedMixin
 
-TOKEN_FEATURES = 5  # log detail, log gradient, log change from the reference, has a reference, time slice
-BLOCK_FEATURES = 5  # means of the three logs over the block, has a past, log tokens per block
-COUNT_FEATURES = 3  # kept fraction, token kept, its reference kept
+# Per token: log detail in three bands, the neighbourhood's detail, brightness, share of clipped pixels,
+# log change from its reference, whether it has one, its time slice.
+TOKEN_FEATURES = 9
+# Per block: mean detail, its spread over the block, mean change, whether it has a past, log tokens.
+BLOCK_FEATURES = 5
+COUNT_FEATURES = 4  # kept fraction, token kept, its reference kept, how far past the kept prefix (in slices)
 _EPS = 1e-4
 
 
@@ -51,19 +54,33 @@ def _log(x: torch.Tensor) -> torch.Tensor:
     return (torch.log(x + _EPS) + 5.0) / 3.0  # roughly [-1, 2] for pixels in [-1, 1]
 
 
+def _pool(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Average over k x k pixel squares inside each patch, repeated back to full size: (..., hp, wp, C)."""
+    *lead, hp, wp, c = x.shape
+    y = x.reshape(*lead, hp // k, k, wp // k, k, c).mean((-4, -2), keepdim=True)
+    return y.expand(*lead, hp // k, k, wp // k, k, c).reshape(x.shape)
+
+
 def block_features(
     patches: torch.Tensor, patch_size: tuple[int, int, int], grid: tuple[int, int, int],
     previous: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """patches (B, T, P) in [-1, 1]; ``previous`` (B, rows * cols, P): the context's last reconstructed
-    time slice, or None at a keyframe. Returns token features (B, T, 5) and block features (B, 5)."""
+    time slice, or None at a keyframe. Returns token features (B, T, F) and block features (B, 5)."""
     tp, hp, wp = patch_size
     S, gh, gw = grid
     B, T, _ = patches.shape
     x = patches.float().reshape(B, S, gh * gw, tp, hp, wp, 3)  # (B, S, N, tp, hp, wp, C)
-    detail = x.var(dim=(3, 4, 5), unbiased=False).mean(-1)  # (B, S, N)
-    gradient = (x[:, :, :, :, 1:] - x[:, :, :, :, :-1]).pow(2).mean((3, 4, 5, 6)) + (
-        x[:, :, :, :, :, 1:] - x[:, :, :, :, :, :-1]).pow(2).mean((3, 4, 5, 6))
+    # Detail in three frequency bands: what the finest pixels, 2x2 and 4x4 squares add to the patch mean.
+    k = 2 if hp % 2 == 0 and wp % 2 == 0 else 1
+    k4 = 4 if hp % 4 == 0 and wp % 4 == 0 else k
+    p2, p4 = _pool(x, k), _pool(x, k4)
+    mean = x.mean((3, 4, 5), keepdim=True)
+    fine = (x - p2).pow(2).mean((3, 4, 5, 6))
+    middle = (p2 - p4).pow(2).mean((3, 4, 5, 6))
+    coarse = (p4 - mean).pow(2).mean((3, 4, 5, 6))  # (B, S, N)
+    brightness = mean.mean((3, 4, 5, 6))
+    clipped = (x.abs() > 0.95).float().mean((3, 4, 5, 6))
     has_past = previous is not None
     first = previous.float().reshape(B, 1, gh * gw, tp, hp, wp, 3) if has_past else torch.zeros_like(x[:, :1])
     reference = torch.cat((first, x[:, :-1]), dim=1)
@@ -71,12 +88,17 @@ def block_features(
     has_ref = torch.ones_like(change)
     if not has_past:
         change[:, 0], has_ref[:, 0] = 0.0, 0.0
+    detail = _log(fine + middle + coarse)
+    # The neighbourhood's detail (3x3 tokens): what a dropped token can be inpainted from.
+    around = torch.nn.functional.avg_pool2d(detail.reshape(B * S, 1, gh, gw), 3, 1, 1, count_include_pad=False)
     slice_pos = (torch.arange(S, device=x.device, dtype=x.dtype) / S)[None, :, None].expand(B, S, gh * gw)
-    tokens = torch.stack((_log(detail), _log(gradient), _log(change) * has_ref, has_ref, slice_pos), -1)
-    tokens = tokens.reshape(B, T, TOKEN_FEATURES)  # (B, T, F), time-major then raster
+    tokens = torch.stack((
+        _log(fine), _log(middle), _log(coarse), around.reshape(B, S, gh * gw), brightness, clipped,
+        _log(change) * has_ref, has_ref, slice_pos,
+    ), -1).reshape(B, T, TOKEN_FEATURES)  # (B, T, F), time-major then raster
     past = torch.full((B,), float(has_past), device=x.device)
     size = torch.full((B,), float(torch.log(torch.tensor(float(T)))) / 8, device=x.device)
-    block = torch.stack((tokens[..., 0].mean(1), tokens[..., 1].mean(1), tokens[..., 2].mean(1), past, size), -1)
+    block = torch.stack((detail.mean((1, 2)), around.reshape(B, -1).std(1), tokens[..., 6].mean(1), past, size), -1)
     return tokens, block
 
 
@@ -115,8 +137,10 @@ class CountPredictor(PretrainedMixin, nn.Module):
         if not has_past:
             ref_kept = ref_kept * (ref_pos >= 0).to(tokens.dtype)
         fraction = counts / T
-        w = self.count_in.weight  # (h, 3)
-        per_count = fraction[:, None, None] * w[:, 0] + kept[..., None] * w[:, 1] + ref_kept[..., None] * w[:, 2]
+        behind = ((pos[None, :] - counts[:, None]) / slice_tokens).clamp(0, 1)  # (K, T)
+        w = self.count_in.weight  # (h, 4)
+        per_count = (fraction[:, None, None] * w[:, 0] + kept[..., None] * w[:, 1] + ref_kept[..., None] * w[:, 2]
+                     + behind[..., None] * w[:, 3])
         x = (self.token_in(tokens) + self.block_in(block)[:, None])[:, None] + per_count[None]  # (B, K, T, h)
         log_err = self.error(x)[..., 0]  # (B, K, T)
         log_mse = torch.logsumexp(log_err, -1) - torch.log(torch.tensor(float(T)))
