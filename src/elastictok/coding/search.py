@@ -20,9 +20,10 @@ nothing meets the target they fall back to ``hi`` (every token), like the offici
 - ``predict``: starts from a learned prediction of the block's curve (a guess of the margin at every
   count, and how far off its crossing may be): verifies the predicted count with one real pass, then
   aims each next count at the crossing of the predicted curve shifted through the margins verified so
-  far, at the edge of the bracket that would close it; moves at least double while only one side of
-  the crossing is known, and bisects once the bracket stops halving. A wrong guess costs passes only:
-  the count it returns was evaluated, like every other search's.
+  far, at the edge of the bracket that would close it, moving at most the prediction's spread (a
+  limit that doubles each move) while only one side of the crossing is known, and bisecting after a
+  step that did not halve the bracket. A wrong guess costs passes only: the count it returns was
+  evaluated, like every other search's.
 - ``official``: the official ``inference_binary`` decision rule, quirks included, for parity checks.
 
 A tolerance (``slack``, in tokens; :func:`run_search` takes it as a fraction of the block's tokens) lets a
