@@ -361,10 +361,9 @@ def predict(
             halvings = halvings + 1 if width is not None and (b - a) > width / 2 else 0
             width = b - a
             n = (a + b) // 2 if halvings >= 1 else _aim(a, b, c, k)
-        elif not math.isfinite(c):  # fails only, and even the corrected curve never meets the target
-            n = hi
         else:  # one side only: towards the corrected crossing, within a trust region that doubles each move
             reach = max(spread, float(k)) if reach == 0 else 2 * reach
+            # A corrected curve that never meets the target (c infinite) moves the whole trust region.
             move = min(max(b - c if b <= hi else c - a, float(k)), reach)
             n = _aim(a, b, b - move if b <= hi else a + move, k)
 
