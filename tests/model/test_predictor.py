@@ -23,14 +23,17 @@ def test_features_see_change_only_where_there_is_a_reference():
     tokens, block = block_features(patches, model.config.patch_size, grid)
     assert tokens.shape == (1, patches.shape[1], TOKEN_FEATURES) and block.shape == (1, BLOCK_FEATURES)
     per_slice = grid[1] * grid[2]
-    assert (tokens[0, :per_slice, 3] == 0).all() and (tokens[0, per_slice:, 3] == 1).all()  # has a reference
+    change, has_ref = 6, 7  # feature columns
+    assert (tokens[0, :per_slice, has_ref] == 0).all() and (tokens[0, per_slice:, has_ref] == 1).all()
+    assert (tokens[0, :per_slice, change] == 0).all()  # no reference, no change
     previous = patches[:, -per_slice:]
     with_past, block_past = block_features(patches, model.config.patch_size, grid, previous)
-    assert (with_past[0, :, 3] == 1).all() and block_past[0, 3] == 1
-    # A still block repeats its first slice: no change after it.
+    assert (with_past[0, :, has_ref] == 1).all() and block_past[0, 3] == 1
+    # A still block repeats its first slice: the least change after it.
     still = model.patchify(video[:, :, :1].expand(-1, -1, 4, -1, -1))
     t, _ = block_features(still, model.config.patch_size, grid)
-    assert torch.allclose(t[0, per_slice:, 2], t[0, per_slice:, 2].min())
+    assert torch.allclose(t[0, per_slice:, change], t[0, per_slice:, change].min())
+    assert (t[0, per_slice:, change] < tokens[0, per_slice:, change]).all()
 
 
 def test_prediction_shapes_and_more_tokens_can_be_read_at_any_count():
