@@ -15,8 +15,8 @@ from elastictok.coding.options import CodingOptions
 from elastictok.coding.target import Target
 from elastictok.media.io import save_image, save_video
 from elastictok.model.predictor import CountPredictor, PredictorConfig
-from elastictok.train.predictor import PredictorTraining, load_curves, train_predictor, weights_digest
-from elastictok.utils.pretrained import read_checksums
+from elastictok.train.predictor import PredictorTraining, load_curves, train_predictor
+from elastictok.utils.pretrained import read_checksums, weights_digest
 from helpers import random_video, tiny
 
 FAST = dict(max_images=3, max_videos=1, blocks_per_video=2, counts_per_block=4, epochs=3, hidden_size=8)

@@ -26,8 +26,8 @@ from elastictok.files.source import Source
 from elastictok.media.io import IMAGE_EXTS, VIDEO_EXTS, media_files, to_uint8, to_unit
 from elastictok.model.autoencoder import ElasticTok
 from elastictok.model.predictor import CountPredictor, PredictorConfig, block_features
-from elastictok.utils.files import atomic_path, one_line, sha256
-from elastictok.utils.pretrained import CONFIG_NAME, WEIGHTS_NAME, read_checksums, record_checksums
+from elastictok.utils.files import atomic_path, one_line
+from elastictok.utils.pretrained import CONFIG_NAME, WEIGHTS_NAME, record_checksums, weights_digest
 
 
 @dataclass(frozen=True)
@@ -209,11 +209,6 @@ def fit_predictor(
              "held_out_log_mse_error": float(torch.stack([h[1] for h in held]).mean()) if held else math.nan,
              "held_out_spread": float(torch.stack([h[2] for h in held]).mean()) if held else math.nan}
     return predictor, stats
-
-
-def weights_digest(model_dir: str | Path) -> str:
-    """SHA-256 of a pretrained directory's weights: recorded in its checksums file, else computed."""
-    return read_checksums(model_dir).get(WEIGHTS_NAME) or sha256(Path(model_dir) / WEIGHTS_NAME)
 
 
 def train_predictor(

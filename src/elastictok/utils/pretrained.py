@@ -47,6 +47,11 @@ def read_checksums(path: str | Path) -> dict[str, str]:
     return sums
 
 
+def weights_digest(path: str | Path, name: str = WEIGHTS_NAME) -> str:
+    """SHA-256 of a weights file in the directory ``path``: the one recorded beside it, else computed."""
+    return read_checksums(path).get(name) or sha256(Path(path) / name)
+
+
 def verify_checksum(path: str | Path, name: str) -> None:
     """Refuse a file whose SHA-256 differs from the one recorded beside it (none recorded: nothing to check)."""
     expected = read_checksums(path).get(name)
@@ -145,7 +150,7 @@ class PretrainedMixin:
 def load_companion(companion_class: Any, path: str | Path, owner_weights: str, device: str | torch.device) -> Any:
     """A companion module from ``path``, refused unless it was made for the owner's weights there."""
     companion = companion_class.from_pretrained(path, device)
-    digest = read_checksums(path).get(owner_weights) or sha256(Path(path) / owner_weights)
+    digest = weights_digest(path, owner_weights)
     if companion.config.for_weights != digest:
         raise ValueError(f"{Path(path) / companion_class.config_name} was made for other weights than "
                          f"{owner_weights} (SHA-256 {companion.config.for_weights[:12]}..., not {digest[:12]}...); "
