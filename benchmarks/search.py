@@ -31,7 +31,7 @@ import torch
 from elastictok.coding.adaptive import encode_adaptive
 from elastictok.coding.coder import BlockCoder
 from elastictok.coding.options import CodingOptions
-from elastictok.coding.prediction import predicted_guess
+from elastictok.coding.prediction import last_slice, predicted_guess
 from elastictok.coding.search import DEFAULT_TOLERANCE, Probe, official_binary, predicted_crossing, run_search
 from elastictok.coding.target import BlockScorer, Target
 from elastictok.files.source import load_input
@@ -226,7 +226,6 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
     lo, hi, T = model.config.token_bounds(frame_size, None, None)
     scorer = BlockScorer(model, target.metric, frame_size)
     patches = model.patchify(model.pad_frames(video))
-    grid = model.config.grid(frame_size)
     state, last, hint, bias = model.new_state(frame_size), None, (None, None), 0.0
     out = {"exact": [], "predicted": [], "started": [], "binary_seconds": 0.0, "binary_evals": 0,
            "predict_seconds": 0.0,
@@ -259,7 +258,7 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
             out["counts"][name].append(found.count)
         step = coder.final(exact.count)
         model.commit(state, step, context_blocks)
-        last = step.recon[:, -grid[1] * grid[2]:].float().clamp(-1, 1)
+        last = last_slice(model, step.recon, frame_size)
     return out
 
 

@@ -18,6 +18,13 @@ PREDICTED_METRICS = ("mse", "psnr")
 READ_POINTS = 32
 
 
+def last_slice(model: ElasticTok, recon: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:
+    """A coded block's reconstructed patches (B, T, P) -> its last time slice (B, rows * cols, P) in
+    [-1, 1]: what the next block's first slice is compared with."""
+    _, rows, cols = model.config.grid(frame_size)
+    return recon[:, -rows * cols:].float().clamp(-1, 1)
+
+
 def read_counts(lo: int, hi: int, num: int = READ_POINTS) -> list[int]:
     return sorted({lo, hi, *(int(round(v)) for v in np.exp(np.linspace(math.log(lo), math.log(hi), num)))})
 

@@ -20,7 +20,7 @@ import torch
 
 from elastictok.coding.coder import BlockCoder, depth_for_block, speculation_depth
 from elastictok.coding.options import CodingOptions, search_for
-from elastictok.coding.prediction import predicted_guess
+from elastictok.coding.prediction import last_slice, predicted_guess
 from elastictok.coding.search import run_search
 from elastictok.coding.target import BlockScorer, default_target
 from elastictok.metrics.pixel import mse_to_psnr
@@ -97,7 +97,7 @@ def code_blocks(
     per_block = None if counts is None else iter(counts)
     state, scorer, mse_scorer = None, None, None
     start = slope = None
-    previous = last_slice = None
+    previous = context = None  # context: the last reconstructed slice, for predict
     bias = 0.0  # predict: the guess's error on the previous block, carried over (consecutive blocks share it)
     for i, block in enumerate(blocks):
         if state is None:
@@ -110,7 +110,7 @@ def code_blocks(
         keyframe = keyframe or (options.cut_threshold is not None and is_cut(previous, block, options.cut_threshold))
         if keyframe:
             reset_context(state)
-            last_slice = None
+            context = None
         patches = model.patchify(block.to(model.device))
         coder = BlockCoder(model, patches, state, scorer)
         if not fixed:
@@ -118,7 +118,7 @@ def code_blocks(
                 speculation = speculation_depth(coder, lo, hi) if search == "fast" else 1
             guess = None
             if search == "predict":
-                guess = predicted_guess(model, patches, last_slice, state.frame_size, target, lo, hi, bias)
+                guess = predicted_guess(model, patches, context, state.frame_size, target, lo, hi, bias)
             found = run_search(
                 search, lambda m: target.margin(coder.evaluate(m, target.met)), lo, hi, start, slope,
                 margins=lambda ns: [target.margin(v) for v in coder.evaluate_many(ns, target.met)],
@@ -136,8 +136,8 @@ def code_blocks(
             evals = passes = 1
         step = coder.final(n)
         model.commit(state, step, options.context_blocks)
-        grid = model.config.grid(state.frame_size)
-        last_slice = step.recon[:, -grid[1] * grid[2]:].float().clamp(-1, 1)  # what the next block sees first
+        if search == "predict":
+            context = last_slice(model, step.recon, state.frame_size)
         value = coder.values.get(n)
         if value is None:
             value = scorer(step.recon, patches)

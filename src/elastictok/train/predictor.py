@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from elastictok.coding.coder import BlockCoder
+from elastictok.coding.prediction import last_slice
 from elastictok.coding.streaming import blocks_of
 from elastictok.coding.target import BlockScorer
 from elastictok.files.source import Source
@@ -114,7 +115,7 @@ def block_curves(
         yield Curve(to_uint8(patches[0].cpu()), previous, grid, torch.tensor(counts), torch.tensor(mse), video)
         step = steps[rng.choice(counts)]
         model.commit(state, step, window)
-        previous = to_uint8(step.recon[0, -grid[1] * grid[2]:].float().clamp(-1, 1).cpu())
+        previous = to_uint8(last_slice(model, step.recon, frame_size)[0].cpu())
 
 
 def measure_curves(
