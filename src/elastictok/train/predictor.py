@@ -84,10 +84,9 @@ def training_sources(images: list[Path], videos: list[Path], opts: PredictorTrai
     rng = random.Random(opts.seed)
     picked: list[Path] = []
     for folders, limit, exts in ((images, opts.max_images, IMAGE_EXTS), (videos, opts.max_videos, VIDEO_EXTS)):
-        files = [(Path(d), f) for d in folders for f in media_files(d, exts)]
         per_folder = math.ceil(limit / max(1, len(folders)))
         for d in folders:
-            picked += spread_pick([f for root, f in files if root == Path(d)], Path(d), per_folder, rng)
+            picked += spread_pick(media_files(d, exts), Path(d), per_folder, rng)
     return picked
 
 
