@@ -262,13 +262,16 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
     return out
 
 
-def bench_predict(model, clips: list[str], frames: int, fps, resolution, targets: list[Target], tolerance: float,
-                  context_blocks, separate: bool = True) -> None:
-    """The predictor's accuracy and the predict search against fast and binary, per target (see --targets)."""
+def bench_predict(model, clips: list[str], frames: int, fps, resolution, targets: list[Target],
+                  tolerances: list[float], context_blocks, separate: bool = True) -> None:
+    """The predictor's accuracy and the predict search against fast and binary, per target (see --targets):
+    binary and fast at the first of ``tolerances``, predict at each."""
     context_blocks = model.config.context_window(context_blocks)
-    fast_default = DEFAULT_TOLERANCE["fast"]
-    runs = {"binary": ("binary", tolerance), f"fast t={Fraction(fast_default)}": ("fast", fast_default),
-            "fast": ("fast", tolerance), "predict": ("predict", tolerance)}
+    tolerance = tolerances[0]
+    label = lambda name, t: f"{name} t={Fraction(t).limit_denominator()}"  # noqa: E731
+    runs = {"binary exact": ("binary", 0.0), label("binary", tolerance): ("binary", tolerance),
+            label("fast", tolerance): ("fast", tolerance),
+            **{label("predict", t): ("predict", t) for t in tolerances}}
     videos = [load_clip(clip, model, frames, fps, resolution).to(model.device) for clip in clips]
     for target in targets:
         pairs = [predictor_pairs(model, v, target, context_blocks, tolerance) for v in videos]
@@ -302,29 +305,29 @@ def bench_predict(model, clips: list[str], frames: int, fps, resolution, targets
               + f", exact binary {binary_evals / len(exact):.2f}")
         if not separate:
             continue
-        print(f"{'search':<16}{'seconds':>9}{'full passes/block':>19}{'vs exact binary':>17}{'total tokens':>14}"
-              f"{'vs binary':>11}{'meets target':>14}")
-        # Exact binary's time is its own evaluations in the same-context pass above (where it sets the context).
-        rows = {"binary exact": (binary_seconds, binary_evals / len(exact), sum(exact), None)}
-        for label, (search, tol) in runs.items():
-            seconds, evals, tokens, met, blocks = 0.0, 0, 0, 0, 0
-            for video in videos:
+        # Whole encodes, each in its own run; clip by clip, every search in turn, so that a neighbour's load
+        # on this machine falls on all of them alike.
+        rows = {name: [0.0, 0, 0, 0, 0] for name in runs}  # seconds, evaluations, tokens, met, blocks
+        for video in videos:
+            for name, (search, tol) in runs.items():
                 start = time.perf_counter()
                 result = encode_adaptive(model, video, CodingOptions(target=target, search=search, tolerance=tol,
                                                                      context_blocks=context_blocks))
-                seconds += time.perf_counter() - start
+                row = rows[name]
+                row[0] += time.perf_counter() - start
                 for choice in result.choices[0]:
-                    evals += choice.evaluations
-                    met += target.met(choice.value) or choice.count == result.tokens.tokens_per_block
-                    blocks += 1
-                tokens += int(result.tokens.counts.sum())
-            passes = evals / blocks + (relative if search == "predict" else 0.0)
-            rows[f"{label} t={Fraction(tol).limit_denominator()}" if label in ("binary", "fast", "predict")
-                 else label] = (seconds, passes, tokens, f"{met}/{blocks}")
+                    row[1] += choice.evaluations
+                    row[3] += target.met(choice.value) or choice.count == result.tokens.tokens_per_block
+                    row[4] += 1
+                row[2] += int(result.tokens.counts.sum())
+        print(f"{'search':<18}{'seconds':>9}{'full passes/block':>19}{'vs exact binary':>17}{'total tokens':>14}"
+              f"{'vs binary':>11}{'meets target':>14}")
         reference_seconds, reference_tokens = rows["binary exact"][0], rows["binary exact"][2]
-        for label, (seconds, passes, tokens, met) in rows.items():
-            print(f"{label:<16}{seconds:>9.1f}{passes:>19.2f}{reference_seconds / seconds:>16.2f}x{tokens:>14}"
-                  f"{100 * (tokens / reference_tokens - 1):>+10.2f}%{met or '-':>14}")
+        for name, (seconds, evals, tokens, met, blocks) in rows.items():
+            # The prediction counts at its measured cost relative to a full pass.
+            passes = evals / blocks + (relative if runs[name][0] == "predict" else 0.0)
+            print(f"{name:<18}{seconds:>9.1f}{passes:>19.2f}{reference_seconds / seconds:>16.2f}x{tokens:>14}"
+                  f"{100 * (tokens / reference_tokens - 1):>+10.2f}%{f'{met}/{blocks}':>14}")
 
 
 def load_clip(clip: str, model, frames: int, fps, resolution) -> torch.Tensor:
@@ -379,7 +382,8 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", type=parse_target, metavar="METRIC:VALUE",
                         help="only the predictor table: its accuracy, and predict against fast and binary, at each "
                         "target (e.g. mse:0.02 mse:0.03 psnr:25; with --paired-only, only the same-context "
-                        "part); the model needs a predictor")
+                        "part); binary and fast run at the first --tolerance (default: predict's), predict at "
+                        "each; the model needs a predictor")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -390,8 +394,8 @@ def main() -> None:
         save_clips(args.clips, args.save_clips, model, args.frames, args.fps, args.resolution)
         return
     if args.targets:
-        tolerance = float(args.tolerance[0]) if args.tolerance else DEFAULT_TOLERANCE["predict"]
-        bench_predict(model, args.clips, args.frames, args.fps, args.resolution, args.targets, tolerance,
+        tolerances = [float(t) for t in args.tolerance] or [DEFAULT_TOLERANCE["predict"]]
+        bench_predict(model, args.clips, args.frames, args.fps, args.resolution, args.targets, tolerances,
                       args.context_blocks, not args.paired_only)
         return
     common = (args.clips, args.frames, args.threshold, args.fps, args.resolution, args.speculation, args.context_blocks,

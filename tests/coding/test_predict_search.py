@@ -108,3 +108,23 @@ def test_run_search_needs_a_guess_for_predict():
         run_search("predict", margin, 10, 1000)
     found = run_search("predict", margin, 10, 1000, guess=Guess(margin, 5.0), tolerance=0)
     assert found.count == 300
+
+
+def test_a_confident_exact_guess_closes_in_two_passes():
+    # Its first pass lands just above the crossing and passes; the count a stride below fails.
+    lo, hi, slack = 84, 1344, 1344 / 64
+    for k in range(120, 1300, 37):
+        margin = power_law(k)
+        count, evaluations = predict(margin, lo, hi, margin, 10.0, slack)
+        assert evaluations == 2 and margin(count) <= 0 and count - k < slack
+
+
+def test_a_confident_guess_just_off_the_crossing_closes_next_even_when_its_slope_is_wrong():
+    # A guess too flat, crossing half a stride below the real one: its corrected curve points far above,
+    # but a confident prediction (spread within a few strides) tries the count that closes the bracket.
+    lo, hi, slack = 84, 1344, 1344 / 64
+    for k in range(150, 1200, 53):
+        margin = power_law(k)
+        flat = power_law(k - 20, slope=0.2)
+        count, evaluations = predict(margin, lo, hi, flat, 60.0, slack)
+        assert evaluations == 2 and margin(count) <= 0 and count - k < slack

@@ -18,7 +18,8 @@ nothing meets the target they fall back to ``hi`` (every token), like the offici
   target (one pass when nothing can), then bisects like ``binary``. By default it runs with a
   tolerance of 1/128 of the block's tokens (below).
 - ``predict``: starts from a learned prediction of the block's curve (a guess of the margin at every
-  count, and how far off its crossing may be): verifies the predicted count with one real pass, then
+  count, and how far off its crossing may be): verifies the predicted count with one real pass (just
+  above it), tries the count that closes the bracket next when the prediction is confident, then
   aims each next count at the crossing of the predicted curve shifted through the margins verified so
   far, at the edge of the bracket that would close it, moving at most the prediction's spread (a
   limit that doubles each move) while only one side of the crossing is known, and bisecting after a
@@ -321,6 +322,11 @@ def shifted(guess: Callable[[int], float], results: dict[int, float]) -> Callabl
     return corrected
 
 
+# ``predict`` tries the count that closes the bracket after its first pass when the predicted spread is
+# at most this many strides (measured on the development clips: 2-8 all help at MSE 0.02 and 0.03).
+CONFIDENT = 4
+
+
 def predict(
     margin: Callable[[int], float],
     lo: int,
@@ -343,7 +349,8 @@ def predict(
     counts = counts or list(range(lo, hi + 1))
     k = stride(slack)
     a, b = lo - 1, hi + 1  # every count <= a fails (or lies below the range); b passes (or lies above)
-    n = _clamp(predicted_crossing(guess, counts), lo, hi)
+    # Just above the predicted crossing, as _aim does: a likely pass whose next probe, k below, likely fails.
+    n = _clamp(predicted_crossing(guess, counts) + k / 2 - 0.5 if k > 1 else predicted_crossing(guess, counts), lo, hi)
     width, halvings, reach = None, 0, 0.0
     while True:
         if probe(n):
@@ -361,6 +368,9 @@ def predict(
             halvings = halvings + 1 if width is not None and (b - a) > width / 2 else 0
             width = b - a
             n = (a + b) // 2 if halvings >= 1 else _aim(a, b, c, k)
+        elif probe.evaluations == 1 and spread <= CONFIDENT * k:
+            # A confident prediction is most likely within a stride of its crossing: try to close at once.
+            n = min(max(b - k if b <= hi else a + k, lo), hi)
         else:  # one side only: towards the corrected crossing, within a trust region that doubles each move
             reach = max(spread, float(k)) if reach == 0 else 2 * reach
             # A corrected curve that never meets the target (c infinite) moves the whole trust region.
