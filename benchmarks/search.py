@@ -32,7 +32,14 @@ from elastictok.coding.adaptive import encode_adaptive
 from elastictok.coding.coder import BlockCoder
 from elastictok.coding.options import CodingOptions
 from elastictok.coding.prediction import last_slice, predicted_guess
-from elastictok.coding.search import DEFAULT_TOLERANCE, Probe, official_binary, predicted_crossing, run_search
+from elastictok.coding.search import (
+    DEFAULT_TOLERANCE,
+    Probe,
+    clamp_count,
+    official_binary,
+    predicted_crossing,
+    run_search,
+)
 from elastictok.coding.target import BlockScorer, Target
 from elastictok.files.source import load_input
 from elastictok.metrics.pixel import block_mse
@@ -228,9 +235,7 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
     patches = model.patchify(model.pad_frames(video))
     state, last, hint, bias = model.new_state(frame_size), None, (None, None), 0.0
     out = {"exact": [], "predicted": [], "started": [], "binary_seconds": 0.0, "binary_evals": 0,
-           "predict_seconds": 0.0,
-           "predictions": 0, "evals": {"predict": [], "fast": [], "binary": []}, "counts": {"predict": [], "fast": [],
-           "binary": []}, "T": T}
+           "predict_seconds": 0.0, "evals": {"predict": [], "fast": [], "binary": []}, "T": T}
     for i in range(patches.shape[1] // T):
         block = patches[:, i * T : (i + 1) * T]
         coder = BlockCoder(model, block, state, scorer)
@@ -242,12 +247,10 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
         start = time.perf_counter()
         guess = predicted_guess(model, block, last, frame_size, target, lo, hi, bias)
         out["predict_seconds"] += time.perf_counter() - start
-        out["predictions"] += 1
-        raw = predicted_guess(model, block, last, frame_size, target, lo, hi)
         out["exact"].append(exact.count)
-        for key, g in (("predicted", raw), ("started", guess)):
-            crossing = predicted_crossing(g.margin, g.counts)
-            out[key].append(hi if not np.isfinite(crossing) else min(max(int(np.ceil(crossing)), lo), hi))
+        raw = lambda n: guess.margin(n) - bias  # noqa: E731  (the predictor alone)
+        for key, curve in (("predicted", raw), ("started", guess.margin)):
+            out[key].append(clamp_count(predicted_crossing(curve, guess.counts), lo, hi))
         for name in ("predict", "fast", "binary"):
             found = run_search(name, margin, lo, hi, *hint, tolerance=tolerance, tokens=T, guess=guess)
             if name == "fast":
@@ -255,7 +258,6 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
             if name == "predict":
                 bias += found.residual or 0.0
             out["evals"][name].append(found.evaluations)
-            out["counts"][name].append(found.count)
         step = coder.final(exact.count)
         model.commit(state, step, context_blocks)
         last = last_slice(model, step.recon, frame_size)
@@ -285,7 +287,7 @@ def bench_predict(model, clips: list[str], frames: int, fps, resolution, targets
         binary_seconds = sum(p["binary_seconds"] for p in pairs)
         binary_evals = sum(p["binary_evals"] for p in pairs)
         per_eval = binary_seconds / max(1, binary_evals)
-        prediction_cost = sum(p["predict_seconds"] for p in pairs) / max(1, sum(p["predictions"] for p in pairs))
+        prediction_cost = sum(p["predict_seconds"] for p in pairs) / len(exact)  # one prediction per block
         relative = prediction_cost / per_eval
         print(f"\n{target.metric} {target.threshold:g}: {len(clips)} clips, {len(exact)} blocks "
               f"({len(reachable)} where some count meets the target), "

@@ -350,8 +350,7 @@ def predict(
     counts = counts or list(range(lo, hi + 1))
     k = stride(slack)
     a, b = lo - 1, hi + 1  # every count <= a fails (or lies below the range); b passes (or lies above)
-    # Just above the predicted crossing, as _aim does: a likely pass whose next probe, k below, likely fails.
-    n = _clamp(predicted_crossing(guess, counts) + k / 2 - 0.5 if k > 1 else predicted_crossing(guess, counts), lo, hi)
+    n = clamp_count(_above(predicted_crossing(guess, counts), k), lo, hi)
     width, halvings, reach = None, 0, 0.0
     while True:
         if probe(n):
@@ -379,19 +378,24 @@ def predict(
             n = _aim(a, b, b - move if b <= hi else a + move, k)
 
 
-def _clamp(x: float, lo: int, hi: int) -> int:
+def clamp_count(x: float, lo: int, hi: int) -> int:
+    """An estimated crossing as a count in [lo, hi]: rounded up, ``hi`` where there is none (infinite)."""
     return hi if not math.isfinite(x) else min(max(math.ceil(x), lo), hi)
 
 
 def _aim(a: int, b: int, c: float, k: int) -> int:
     """The next count in (a, b) for a crossing estimated at ``c``: one that closes the bracket if the
-    estimate is right (k below a pass, or k above a fail), else just above ``c`` (a likely pass whose
-    next probe, k below, likely fails)."""
+    estimate is right (k below a pass, or k above a fail), else just above ``c`` (:func:`_above`)."""
     if b - k > a and c >= b - k:
         return b - k
     if a + k < b and c <= a + k:
         return a + k
-    return min(max(math.ceil(c + k / 2 - 0.5) if k > 1 else math.ceil(c), a + 1), b - 1)
+    return min(max(math.ceil(_above(c, k)), a + 1), b - 1)
+
+
+def _above(c: float, k: int) -> float:
+    """Half a stride above an estimated crossing: a likely pass whose next probe, k below, likely fails."""
+    return c + k / 2 - 0.5 if k > 1 else c
 
 
 def official_binary(
