@@ -128,3 +128,15 @@ def test_a_confident_guess_just_off_the_crossing_closes_next_even_when_its_slope
         flat = power_law(k - 20, slope=0.2)
         count, evaluations = predict(margin, lo, hi, flat, 60.0, slack)
         assert evaluations == 2 and margin(count) <= 0 and count - k < slack
+
+
+def test_an_unsure_guess_too_flat_moves_no_further_than_a_steeper_curve_says():
+    # A guess half as steep as the real curve, crossing 30 tokens low, with a wide spread: after its
+    # failing first pass the corrected curve points about twice too far; the move is held to what a
+    # curve twice as steep as the guess says, which lands near the real crossing.
+    lo, hi, slack = 84, 1344, 1344 / 64
+    for k in range(200, 1100, 61):
+        margin = power_law(k, slope=2.0)
+        flat = power_law(k - 30, slope=1.0)
+        count, evaluations = predict(margin, lo, hi, flat, 400.0, slack)
+        assert evaluations <= 3 and margin(count) <= 0 and count - k < slack
