@@ -22,7 +22,8 @@ nothing meets the target they fall back to ``hi`` (every token), like the offici
   above it), tries the count that closes the bracket next when the prediction is confident, then
   aims each next count at the crossing of the predicted curve shifted through the margins verified so
   far, at the edge of the bracket that would close it, moving at most the prediction's spread (a
-  limit that doubles each move) while only one side of the crossing is known, and bisecting after a
+  limit that doubles each move) and what the last margin says on a curve twice as steep as the
+  predicted one while only one side of the crossing is known, and bisecting after a
   step that did not halve the bracket. A wrong guess costs passes only: the count it returns was
   evaluated, like every other search's.
 - ``official``: the official ``inference_binary`` decision rule, quirks included, for parity checks.
