@@ -235,3 +235,17 @@ def test_files_default_to_the_trained_context_window_and_decode_with_it(tmp_path
                                 CodingOptions(num_tokens=30, context_blocks=1, cut_threshold=None)))
     assert torch.equal(everything[1].recon, windowed[1].recon)
     assert not torch.equal(everything[4].recon, windowed[4].recon)
+
+
+@pytest.mark.parametrize("search", ["binary", "fast"])
+def test_a_block_that_never_meets_its_target_is_not_coded_again_after_the_search(monkeypatch, search):
+    # Every block keeps all its tokens (the target is out of reach): committing it reuses the pass
+    # that evaluated every token, so the passes run are exactly the evaluations reported.
+    m = tiny("tiny-fsq")
+    calls = []
+    code_block = m.code_block
+    monkeypatch.setattr(m, "code_block", lambda *a, **k: calls.append(1) or code_block(*a, **k))
+    result = encode_adaptive(m, smooth_clip(8), CodingOptions(target=Target("mse", 1e-9), search=search))
+    choices = result.choices[0]
+    assert all(c.count == result.tokens.tokens_per_block for c in choices)
+    assert len(calls) == sum(c.evaluations for c in choices)

@@ -30,6 +30,8 @@ class BlockCoder:
         self.model, self.patches, self.state, self.scorer = model, patches, state, scorer
         self.steps: dict[int, BlockStep] = {}
         self.values: dict[int, float] = {}
+        # The largest count coded so far while none passes: what a search returns when nothing does.
+        self.fallback: tuple[int, BlockStep] | None = None
         self.z_pre = None
         if model.config.encoder_conditioning == "none":
             # The unconditioned encoder does not see the count: encode once, decode per candidate.
@@ -81,10 +83,18 @@ class BlockCoder:
                     del self.steps[m]
                 if not any(m < n for m in self.steps):
                     self.steps[n] = step
+                self.fallback = None
+            elif not self.steps and (self.fallback is None or n > self.fallback[0]):
+                self.fallback = (n, step)
         return values
 
     def final(self, n: int) -> BlockStep:
-        return self.steps.get(n) or self.step(n)
+        """The step of count ``n``: the one its evaluation coded where kept, else a new pass."""
+        if n in self.steps:
+            return self.steps[n]
+        if self.fallback is not None and self.fallback[0] == n:
+            return self.fallback[1]
+        return self.step(n)
 
 
 def speculation_depth(coder: BlockCoder, lo: int, hi: int, max_depth: int = 6) -> int:
