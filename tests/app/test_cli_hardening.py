@@ -394,9 +394,7 @@ def test_signal_in_process_runs_the_cleanup(tmp_path, model_dir, capsys, monkeyp
 
     def signal_after_first_block(*args):
         assert list(tmp_path.glob(".x.etok.*.tmp"))  # the token file is being written
-        # To this thread: os.kill may reach one of torch's threads, and the handler then runs wherever the
-        # main thread next checks, possibly inside a finaliser whose exceptions Python ignores.
-        signal.raise_signal(sig)
+        os.kill(os.getpid(), sig)
         return stats(*args)
 
     monkeypatch.setattr(coding, "block_stats", signal_after_first_block)
