@@ -399,8 +399,14 @@ def test_signal_in_process_runs_the_cleanup(tmp_path, model_dir, capsys, monkeyp
 
     monkeypatch.setattr(coding, "block_stats", signal_after_first_block)
     clip = _clip(tmp_path / "clip.mp4")
-    assert main(["encode", str(clip), "-o", str(tmp_path / "x.etok"), "--model", str(model_dir),
-                 "--num-tokens", "4"]) == code
+    # A shell without job control starts background jobs with SIGINT ignored, and so this test with it:
+    # give Ctrl-C its usual meaning here, and put back what was inherited afterwards.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(["encode", str(clip), "-o", str(tmp_path / "x.etok"), "--model", str(model_dir),
+                     "--num-tokens", "4"]) == code
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert capsys.readouterr().err == f"{line}\n"
     assert _listing(tmp_path) == ["clip.mp4"]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # main() put the handler back
