@@ -15,7 +15,8 @@ from elastictok.coding.options import CodingOptions
 from elastictok.coding.target import Target
 from elastictok.media.io import save_image, save_video
 from elastictok.model.predictor import CountPredictor, PredictorConfig
-from elastictok.train.predictor import PredictorTraining, load_curves, train_predictor
+from elastictok.train import predictor as predictor_training
+from elastictok.train.predictor import PredictorTraining, crossing_count, load_curves, train_predictor
 from elastictok.utils.pretrained import read_checksums, weights_digest
 from helpers import random_video, tiny
 
@@ -53,6 +54,40 @@ def test_train_predictor_writes_a_model_directory_with_a_predictor(tmp_path, mod
     assert len(load_curves(curves, weights_digest(model_dir))[0]) == 5
     with pytest.raises(ValueError, match="other model weights"):
         load_curves(curves, "0" * 64)
+
+
+def test_focused_counts_land_where_the_measured_curve_crosses_the_level(tmp_path, model_dir, data, monkeypatch):
+    counts, mse = [10, 20, 40, 80], [0.1, 0.05, 0.02, 0.01]
+    assert crossing_count(counts, mse, 0.05) == 20 and crossing_count(counts, mse, 0.03) in range(20, 41)
+    # Linear in log-log: halfway down (in log MSE) between 20 and 40 is their geometric mean.
+    assert crossing_count(counts, mse, (0.05 * 0.02) ** 0.5) == round((20 * 40) ** 0.5)
+    assert crossing_count(counts, mse, 0.005) is None and crossing_count(counts, mse, 0.2) is None
+    model = ElasticTok.from_pretrained(model_dir)
+    levels = []
+
+    def spy(counts, mse, level):  # the crossing is measured on the block's own curve, in range
+        levels.append(level)
+        assert len(counts) == len(mse) and counts == sorted(counts)
+        return 3
+
+    monkeypatch.setattr(predictor_training, "crossing_count", spy)
+    opts = PredictorTraining(resolutions=(32,), **dict(FAST, counts_per_block=5), focus_counts=2,
+                             focus_mse=(0.02, 0.2))
+    summary = train_predictor(model, model_dir, [data / "images"], [], tmp_path / "m", opts, tmp_path / "c.pt",
+                              log=lambda s: None)
+    assert summary["focus_counts"] == 2
+    curves = load_curves(tmp_path / "c.pt", weights_digest(model_dir))[0]
+    # Every block still measures every token and at most counts_per_block counts, in ascending order.
+    lo, _, T = model.config.token_bounds((32, 32))
+    assert len(levels) == 3 * 2 and all(0.02 <= v <= 0.2 for v in levels)
+    assert len(curves) == 3 and all(c.counts[-1] == T and len(c.counts) <= 5 and bool((c.counts.diff() > 0).all())
+                                    for c in curves)
+    # The spy's crossing (3), give or take two tokens, was measured in every block.
+    assert all(any(max(lo, 1) <= n <= 5 for n in c.counts.tolist()) for c in curves)
+    with pytest.raises(ValueError, match="--focus-counts"):
+        PredictorTraining(counts_per_block=4, focus_counts=3)
+    with pytest.raises(ValueError, match="--focus-mse"):
+        PredictorTraining(focus_mse=(0.05, 0.01))
 
 
 def predicted(model: ElasticTok, tmp_path) -> ElasticTok:

@@ -14,7 +14,8 @@ from elastictok.weights.pretrained import default_model_dir
 def cmd_train_predictor(args) -> int:
     opts = PredictorTraining(
         resolutions=tuple(args.resolution), max_images=args.max_images, max_videos=args.max_videos,
-        blocks_per_video=args.blocks_per_video, counts_per_block=args.counts_per_block, epochs=args.epochs,
+        blocks_per_video=args.blocks_per_video, counts_per_block=args.counts_per_block,
+        focus_counts=args.focus_counts, focus_mse=tuple(args.focus_mse), epochs=args.epochs,
         seed=args.seed,
     )
     for folder in [*args.images, *args.videos]:
@@ -48,6 +49,11 @@ def add_parser(sub) -> None:
     p.add_argument("--max-videos", type=int, default=48)
     p.add_argument("--blocks-per-video", type=int, default=6)
     p.add_argument("--counts-per-block", type=int, default=8, help="token counts measured per block")
+    p.add_argument("--focus-counts", type=int, default=PredictorTraining.focus_counts,
+                   help="of those, how many go near where the curve crosses MSE levels drawn from --focus-mse")
+    p.add_argument("--focus-mse", nargs=2, type=float, default=list(PredictorTraining.focus_mse),
+                   metavar=("LOW", "HIGH"),
+                   help="range of MSE levels (on [-1, 1] pixels) the focused counts aim at: the usual targets")
     p.add_argument("--epochs", type=int, default=120)
     p.add_argument("--seed", type=int, default=0)
     add_model_args(p)

@@ -1,8 +1,10 @@
 """Training a model's token-count predictor from quality curves the model itself measures.
 
 Curves: for each training block, the real reconstruction MSE at a few random token counts (one full
-encoder+decoder pass each, plus every token), against the context of the blocks before it, each of
-them committed at one of its measured counts (so the predictor sees contexts of every quality).
+encoder+decoder pass each, plus every token), then at a few more where those measurements say the
+curve crosses MSE levels drawn from the range of usual targets (where a search needs the predictor
+to be right), against the context of the blocks before it, each of them committed at one of its
+measured counts (so the predictor sees contexts of every quality).
 Fitting: the Gaussian negative log-likelihood of log MSE under the predictor's mean and spread.
 """
 
@@ -34,22 +36,32 @@ from elastictok.utils.pretrained import CONFIG_NAME, WEIGHTS_NAME, record_checks
 @dataclass(frozen=True)
 class PredictorTraining:
     """What to measure and how long to fit. Sources are spread evenly over the sub-folders given
-    (classes, video sources); ``resolutions`` are cycled through, one per source."""
+    (classes, video sources); ``resolutions`` are cycled through, one per source. ``focus_counts`` of
+    each block's ``counts_per_block`` are placed near crossings of MSE levels in ``focus_mse``."""
 
     resolutions: tuple[int, ...] = (112,)
     max_images: int = 240
     max_videos: int = 48
     blocks_per_video: int = 6
     counts_per_block: int = 8
+    focus_counts: int = 0
+    focus_mse: tuple[float, float] = (0.01, 0.04)
     epochs: int = 120
     hidden_size: int = 32
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("max_images", "max_videos", "blocks_per_video", "counts_per_block", "epochs", "hidden_size"):
+        for name in ("max_images", "max_videos", "blocks_per_video", "counts_per_block", "focus_counts", "epochs",
+                     "hidden_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name.startswith("max") else 1):
+            if not isinstance(value, int) or value < (0 if name.startswith(("max", "focus")) else 1):
                 raise ValueError(f"expected --{name.replace('_', '-')} to be a whole number, got {value!r}")
+        if self.focus_counts >= self.counts_per_block - 1:
+            raise ValueError(f"expected --focus-counts below --counts-per-block minus 1 ({self.counts_per_block - 1}), "
+                             f"got {self.focus_counts}")
+        low, high = self.focus_mse
+        if not 0 < low <= high:
+            raise ValueError(f"expected --focus-mse as two levels 0 < low <= high, got {list(self.focus_mse)}")
         if not self.resolutions or any(not isinstance(r, int) or not 16 <= r <= 1080 for r in self.resolutions):
             raise ValueError(f"expected --resolution values in [16, 1080], got {list(self.resolutions)}")
 
@@ -90,9 +102,23 @@ def training_sources(images: list[Path], videos: list[Path], opts: PredictorTrai
     return picked
 
 
+def log_uniform(lo: float, hi: float, rng: random.Random) -> float:
+    return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+
+
+def crossing_count(counts: list[int], mse: list[float], level: float) -> int | None:
+    """The first count where the measured curve (ascending ``counts``) falls to ``level``, linear in
+    log-log between the measurements around it; None where it never does or starts below it."""
+    for (n0, m0), (n1, m1) in zip(zip(counts, mse), zip(counts[1:], mse[1:])):
+        if m0 > level >= m1:
+            w = math.log(m0 / level) / math.log(m0 / m1)
+            return round(math.exp(math.log(n0) + w * math.log(n1 / n0)))
+    return None
+
+
 @torch.no_grad()
 def block_curves(
-    model: ElasticTok, blocks: Iterator[torch.Tensor], counts_per_block: int, rng: random.Random, video: bool
+    model: ElasticTok, blocks: Iterator[torch.Tensor], opts: PredictorTraining, rng: random.Random, video: bool
 ) -> Iterator[Curve]:
     """Measure the curve of each (1, 3, F, H, W) block in order, committing one measured count of each."""
     state, scorer = None, None
@@ -107,11 +133,20 @@ def block_curves(
         patches = model.patchify(block.to(model.device))
         coder = BlockCoder(model, patches, state, scorer)
         # Log-uniform counts over [lo, T] (curves change fastest at small counts), and every token.
-        counts = sorted({T, *(round(math.exp(rng.uniform(math.log(lo), math.log(T))))
-                              for _ in range(counts_per_block - 1))})
+        spread = opts.counts_per_block - 1 - opts.focus_counts
+        counts = sorted({T, *(round(log_uniform(lo, T, rng)) for _ in range(spread))})
         steps = {n: coder.step(n) for n in counts}
-        mse = [scorer(steps[n].recon, patches) for n in counts]
-        yield Curve(to_uint8(patches[0].cpu()), previous, grid, torch.tensor(counts), torch.tensor(mse), video)
+        mse = {n: scorer(steps[n].recon, patches) for n in counts}
+        for _ in range(opts.focus_counts):
+            level = log_uniform(*opts.focus_mse, rng)
+            n = crossing_count(counts, [mse[m] for m in counts], level)
+            n = round(log_uniform(lo, T, rng)) if n is None else min(max(n + rng.randint(-2, 2), lo), T)
+            if n not in steps:
+                steps[n] = coder.step(n)
+                mse[n] = scorer(steps[n].recon, patches)
+                counts = sorted(steps)
+        yield Curve(to_uint8(patches[0].cpu()), previous, grid, torch.tensor(counts),
+                    torch.tensor([mse[n] for n in counts]), video)
         step = steps[rng.choice(counts)]
         model.commit(state, step, window)
         previous = to_uint8(last_slice(model, step.recon, frame_size)[0].cpu())
@@ -130,7 +165,7 @@ def measure_curves(
         source = Source.open(path, model, resolution=resolution, max_frames=opts.blocks_per_video * F)
         before = len(curves)
         blocks = (block for block, _ in blocks_of(source.frames(), F))
-        curves += block_curves(model, blocks, opts.counts_per_block, rng, source.is_video)
+        curves += block_curves(model, blocks, opts, rng, source.is_video)
         if on_source is not None:
             on_source(i, path, len(curves) - before)
     return curves
@@ -240,6 +275,7 @@ def train_predictor(
     summary = {"blocks": len(curves), "video_blocks": sum(c.video for c in curves), "measure_seconds":
                round(measure_seconds, 1), "fit_seconds": round(fit_seconds, 1), **stats,
                "resolutions": list(opts.resolutions), "counts_per_block": opts.counts_per_block,
+               "focus_counts": opts.focus_counts, "focus_mse": list(opts.focus_mse),
                "epochs": opts.epochs, "seed": opts.seed}
     predictor.config.extra = summary
     out = Path(out)
