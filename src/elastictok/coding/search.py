@@ -182,7 +182,7 @@ def full(margin: Callable[[int], float], lo: int, hi: int, slack: float = 0) -> 
     return hi, probe.evaluations
 
 
-def _crossing(a: int, ma: float, b: int, mb: float) -> float:
+def log_crossing(a: int, ma: float, b: int, mb: float) -> float:
     """Where the line through (log a, ma) and (log b, mb) crosses zero, as a count.
 
     Quality metrics fall roughly as a power of the token count, so margins are close to linear in
@@ -245,7 +245,7 @@ def fast(
             budget = math.ceil(math.log2(b - a)) + n0
         nudge = 0.0
         if lo <= a and b <= hi:
-            guess = _crossing(a, probe.value(a), b, probe.value(b))
+            guess = log_crossing(a, probe.value(a), b, probe.value(b))
             # The nudge shrinks with the bracket squared (ITP's kappa2 = 2), so it fades once the
             # secant has closed in and does not push an accurate guess off the crossing.
             nudge = kappa * (b - a) ** 2 / (hi - lo + 2)
@@ -296,7 +296,7 @@ def predicted_crossing(guess: Callable[[int], float], counts: list[int]) -> floa
         if m <= 0:
             if previous is None:
                 return float(n)
-            return min(_crossing(previous[0], previous[1], n, m), float(n))
+            return min(log_crossing(previous[0], previous[1], n, m), float(n))
         previous = (n, m)
     return math.inf
 

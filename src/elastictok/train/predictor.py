@@ -23,6 +23,7 @@ import torch
 
 from elastictok.coding.coder import BlockCoder
 from elastictok.coding.prediction import last_slice
+from elastictok.coding.search import log_crossing
 from elastictok.coding.streaming import blocks_of
 from elastictok.coding.target import BlockScorer
 from elastictok.files.source import Source
@@ -111,8 +112,7 @@ def crossing_count(counts: list[int], mse: list[float], level: float) -> int | N
     log-log between the measurements around it; None where it never does or starts below it."""
     for (n0, m0), (n1, m1) in zip(zip(counts, mse), zip(counts[1:], mse[1:])):
         if m0 > level >= m1:
-            w = math.log(m0 / level) / math.log(m0 / m1)
-            return round(math.exp(math.log(n0) + w * math.log(n1 / n0)))
+            return round(log_crossing(n0, math.log(m0 / level), n1, math.log(m1 / level)))
     return None
 
 
