@@ -79,6 +79,18 @@ def test_nothing_passes_costs_one_pass_when_predicted_and_falls_back_to_the_maxi
     assert count == 1000 and evaluations > 1
 
 
+def test_a_target_predicted_met_at_the_fewest_tokens_tries_them_first():
+    # Every count passes (an easy block): one pass, and exactly the minimum, whatever the tolerance.
+    assert predict(lambda n: -1.0, 88, 1344, lambda n: -0.5, 10.0, 1344 / 64) == (88, 1)
+    # The guess promised the minimum but it fails: still the smallest passing count, within the tolerance.
+    margin = power_law(120)
+    count, evaluations = predict(margin, 88, 1344, lambda n: -0.5, 10.0, 1344 / 64)
+    assert margin(count) <= 0 and count - 120 < 1344 / 64 and evaluations > 1
+    # Moving down from a pass towards a crossing predicted below the minimum lands on the minimum.
+    # (an unsure guess crossing at 200: its first probe passes by far, so the corrected crossing is the minimum)
+    assert predict(lambda n: -1.0, 88, 1344, lambda n: 0.1 * (math.log(200) - math.log(n)), 500.0, 21) == (88, 2)
+
+
 def test_a_good_guess_needs_about_two_passes_and_a_bad_one_stays_bounded():
     lo, hi, slack = 49, 784, 784 / 64
     good, bad = [], []

@@ -356,7 +356,9 @@ def predict(
     counts = counts or list(range(lo, hi + 1))
     k = stride(slack)
     a, b = lo - 1, hi + 1  # every count <= a fails (or lies below the range); b passes (or lies above)
-    n = clamp_count(_above(predicted_crossing(guess, counts), k), lo, hi)
+    # Where the target is predicted met at the fewest tokens allowed, try exactly that: a pass ends the search.
+    c = predicted_crossing(guess, counts)
+    n = lo if c <= lo else clamp_count(_above(c, k), lo, hi)
     width, halvings, reach = None, 0, 0.0
     while True:
         if probe(n):
@@ -383,7 +385,8 @@ def predict(
             # A corrected curve that never meets the target (c infinite) moves the whole trust region.
             move = min(abs(c - edge), reach, _steeper_distance(guess, edge, probe.results[edge], lo, hi))
             move = max(move, float(k))
-            n = _aim(a, b, b - move if b <= hi else a + move, k)
+            aim = b - move if b <= hi else a + move
+            n = lo if a < lo and aim <= lo else _aim(a, b, aim, k)
 
 
 def _steeper_distance(guess: Callable[[int], float], n: int, margin: float, lo: int, hi: int) -> float:
