@@ -82,6 +82,8 @@ def test_nothing_passes_costs_one_pass_when_predicted_and_falls_back_to_the_maxi
 def test_a_target_predicted_met_at_the_fewest_tokens_tries_them_first():
     # Every count passes (an easy block): one pass, and exactly the minimum, whatever the tolerance.
     assert predict(lambda n: -1.0, 88, 1344, lambda n: -0.5, 10.0, 1344 / 64) == (88, 1)
+    # One that meets the target barely below the minimum (extrapolated: at 85) probes half a stride above it.
+    assert predict(lambda n: -1.0, 88, 1344, power_law(85.5), 10.0, 1344 / 64) == (95, 1)
     # The guess promised the minimum but it fails: still the smallest passing count, within the tolerance.
     margin = power_law(120)
     count, evaluations = predict(margin, 88, 1344, lambda n: -0.5, 10.0, 1344 / 64)

@@ -356,9 +356,15 @@ def predict(
     counts = counts or list(range(lo, hi + 1))
     k = stride(slack)
     a, b = lo - 1, hi + 1  # every count <= a fails (or lies below the range); b passes (or lies above)
-    # Where the target is predicted met at the fewest tokens allowed, try exactly that: a pass ends the search.
-    c = predicted_crossing(guess, counts)
-    n = lo if c <= lo else clamp_count(_above(c, k), lo, hi)
+
+    def crossing(curve: Callable[[int], float], within: list[int]) -> float:
+        # Met at the fewest tokens allowed: how far below them, extrapolated, says whether to try them.
+        c = predicted_crossing(curve, within)
+        if c <= lo and len(within) > 1:
+            c = min(max(log_crossing(within[0], curve(within[0]), within[1], curve(within[1])), 1.0), lo)
+        return c
+
+    n = clamp_count(_above(crossing(guess, counts), k), lo, hi)
     width, halvings, reach = None, 0, 0.0
     while True:
         if probe(n):
@@ -369,7 +375,7 @@ def predict(
             return hi, probe.evaluations
         if b <= hi and close_enough(a, b, slack):
             return b, probe.evaluations
-        c = predicted_crossing(shifted(guess, probe.results), [m for m in counts if a < m < b] + [b])
+        c = crossing(shifted(guess, probe.results), [m for m in counts if a < m < b] + [b])
         c = min(c, b - 0.5) if b <= hi else c
         if lo <= a and b <= hi:
             # Bisect after a step that did not halve the bracket (the corrected curve misled it).
@@ -386,7 +392,7 @@ def predict(
             move = min(abs(c - edge), reach, _steeper_distance(guess, edge, probe.results[edge], lo, hi))
             move = max(move, float(k))
             aim = b - move if b <= hi else a + move
-            n = lo if a < lo and aim <= lo else _aim(a, b, aim, k)
+            n = lo if a < lo and _above(aim, k) <= lo else _aim(a, b, aim, k)
 
 
 def _steeper_distance(guess: Callable[[int], float], n: int, margin: float, lo: int, hi: int) -> float:
