@@ -235,7 +235,8 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
     patches = model.patchify(model.pad_frames(video))
     state, last, hint, bias = model.new_state(frame_size), None, (None, None), 0.0
     out = {"exact": [], "predicted": [], "started": [], "binary_seconds": 0.0, "binary_evals": 0,
-           "predict_seconds": 0.0, "evals": {"predict": [], "fast": [], "binary": []}, "T": T}
+           "predict_seconds": 0.0, "evals": {"predict": [], "fast": [], "binary": []},
+           "counts": {"predict": [], "fast": [], "binary": []}, "T": T}
     for i in range(patches.shape[1] // T):
         block = patches[:, i * T : (i + 1) * T]
         coder = BlockCoder(model, block, state, scorer)
@@ -258,6 +259,7 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
             if name == "predict":
                 bias += found.residual or 0.0
             out["evals"][name].append(found.evaluations)
+            out["counts"][name].append(found.count)
         step = coder.final(exact.count)
         model.commit(state, step, context_blocks)
         last = last_slice(model, step.recon, frame_size)
@@ -305,6 +307,12 @@ def bench_predict(model, clips: list[str], frames: int, fps, resolution, targets
         same = {k: sum(sum(p["evals"][k]) for p in pairs) / len(exact) for k in ("predict", "fast", "binary")}
         print("same context, evaluations per block: " + ", ".join(f"{k} {v:.2f}" for k, v in same.items())
               + f", exact binary {binary_evals / len(exact):.2f}")
+        # Tokens against exact binary's on the same curves: over all blocks, and over the reachable ones alone
+        # (blocks that keep every token whatever the search dilute the cost of a tolerance).
+        counts = {k: [n for p in pairs for n in p["counts"][k]] for k in same}
+        cost = lambda k, idx: 100 * (sum(counts[k][i] for i in idx) / max(1, sum(exact[i] for i in idx)) - 1)  # noqa: E731
+        print("same context, total tokens against exact binary (all blocks / reachable ones): "
+              + ", ".join(f"{k} {cost(k, range(len(exact))):+.2f}% / {cost(k, reachable):+.2f}%" for k in same))
         if not separate:
             continue
         # Whole encodes, each in its own run; clip by clip, every search in turn, so that a neighbour's load
