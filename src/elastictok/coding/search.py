@@ -391,8 +391,7 @@ def predict(
             # A corrected curve that never meets the target (c infinite) moves the whole trust region.
             move = min(abs(c - edge), reach, _steeper_distance(guess, edge, probe.results[edge], lo, hi))
             move = max(move, float(k))
-            aim = b - move if b <= hi else a + move
-            n = lo if a < lo and _above(aim, k) <= lo else _aim(a, b, aim, k)
+            n = _aim(a, b, b - move if b <= hi else a + move, k)
 
 
 def _steeper_distance(guess: Callable[[int], float], n: int, margin: float, lo: int, hi: int) -> float:
@@ -411,8 +410,12 @@ def clamp_count(x: float, lo: int, hi: int) -> int:
 
 
 def _aim(a: int, b: int, c: float, k: int) -> int:
-    """The next count in (a, b) for a crossing estimated at ``c``: one that closes the bracket if the
-    estimate is right (k below a pass, or k above a fail), else just above ``c`` (:func:`_above`)."""
+    """The next count in (a, b) for a crossing estimated at ``c``: right above ``a`` where half a stride
+    above ``c`` lies there (only below the range searched: a real fail's corrected curve crosses above
+    it), one that closes the bracket if the estimate is right (k below a pass, or k above a fail), else
+    just above ``c`` (:func:`_above`)."""
+    if a + 1 < b and _above(c, k) <= a + 1:
+        return a + 1
     if b - k > a and c >= b - k:
         return b - k
     if a + k < b and c <= a + k:
