@@ -36,6 +36,7 @@ from elastictok.coding.search import (
     DEFAULT_TOLERANCE,
     Probe,
     clamp_count,
+    first_estimate,
     official_binary,
     predicted_crossing,
     run_search,
@@ -233,7 +234,8 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
     lo, hi, T = model.config.token_bounds(frame_size, None, None)
     scorer = BlockScorer(model, target.metric, frame_size)
     patches = model.patchify(model.pad_frames(video))
-    state, last, hint, bias = model.new_state(frame_size), None, (None, None), 0.0
+    state, last, bias = model.new_state(frame_size), None, 0.0
+    hints = {name: (None, None) for name in ("predict", "fast", "binary")}  # each search's own earlier count
     out = {"exact": [], "predicted": [], "started": [], "binary_seconds": 0.0, "binary_evals": 0,
            "predict_seconds": 0.0, "evals": {"predict": [], "fast": [], "binary": []},
            "counts": {"predict": [], "fast": [], "binary": []}, "T": T}
@@ -250,12 +252,13 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
         out["predict_seconds"] += time.perf_counter() - start
         out["exact"].append(exact.count)
         raw = lambda n: guess.margin(n) - bias  # noqa: E731  (the predictor alone)
-        for key, curve in (("predicted", raw), ("started", guess.margin)):
-            out[key].append(clamp_count(predicted_crossing(curve, guess.counts), lo, hi))
+        out["predicted"].append(clamp_count(predicted_crossing(raw, guess.counts), lo, hi))
+        # Where predict starts: corrected by the error on the block before, halfway to that block's count.
+        started = first_estimate(guess.margin, guess.counts, lo, hints["predict"][0])
+        out["started"].append(clamp_count(started, lo, hi))
         for name in ("predict", "fast", "binary"):
-            found = run_search(name, margin, lo, hi, *hint, tolerance=tolerance, tokens=T, guess=guess)
-            if name == "fast":
-                hint = found.count, found.slope
+            found = run_search(name, margin, lo, hi, *hints[name], tolerance=tolerance, tokens=T, guess=guess)
+            hints[name] = found.count, found.slope
             if name == "predict":
                 bias += found.residual or 0.0
             out["evals"][name].append(found.evaluations)

@@ -154,3 +154,37 @@ def test_an_unsure_guess_too_flat_moves_no_further_than_a_steeper_curve_says():
         flat = power_law(k - 30, slope=1.0)
         count, evaluations = predict(margin, lo, hi, flat, 400.0, slack)
         assert evaluations <= 3 and margin(count) <= 0 and count - k < slack
+
+
+def test_the_first_probe_lies_halfway_in_log_count_to_the_count_the_block_before_took():
+    margin, lo, hi, slack = power_law(200.0), 50, 1600, 0.0
+    tried = []
+    logged = lambda n: tried.append(n) or margin(n)  # noqa: E731
+    guess = power_law(800.0)  # four times too many tokens
+    count, _ = predict(logged, lo, hi, guess, spread=300.0, slack=slack, start=50)
+    assert tried[0] == 200  # sqrt(800 * 50) (the crossing lies between 799 and 800)
+    assert count == 200
+    tried.clear()
+    assert predict(logged, lo, hi, guess, spread=300.0, slack=slack)[0] == 200
+    assert tried[0] == 800  # without a start, the prediction alone
+    # A guess that never meets the target is not moved: it tries every token first, start or not.
+    tried.clear()
+    predict(logged, lo, hi, lambda n: 5.0, slack=slack, start=50)
+    assert tried[0] == hi
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_any_start_keeps_the_contract(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        lo, hi = int(rng.integers(1, 200)), int(rng.integers(300, 3000))
+        margin = staircase(rng, lo, hi)
+        guess = lambda n, m=margin, e=float(rng.normal(0, 1)): m(n) + e  # noqa: E731
+        slack = float(rng.choice([0, 5.5, 0.02 * hi]))
+        start = int(rng.integers(lo, hi + 1))
+        count, _ = predict(margin, lo, hi, guess, float(rng.uniform(0, 200)), slack, start=start)
+        exact = smallest_pass(margin, lo, hi)
+        if margin(hi) > 0:
+            assert count == hi
+        else:
+            assert margin(count) <= 0 and count - exact < max(slack, 1)
