@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import time
 from fractions import Fraction
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from elastictok.coding.search import (
     DEFAULT_TOLERANCE,
     Probe,
     clamp_count,
+    estimated_crossing,
     first_estimate,
     official_binary,
     predicted_crossing,
@@ -236,7 +238,8 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
     patches = model.patchify(model.pad_frames(video))
     state, last, bias = model.new_state(frame_size), None, 0.0
     hints = {name: (None, None) for name in ("predict", "fast", "binary")}  # each search's own earlier count
-    out = {"exact": [], "predicted": [], "started": [], "binary_seconds": 0.0, "binary_evals": 0,
+    out = {"exact": [], "predicted": [], "started": [], "corrected": [], "previous": [], "binary_seconds": 0.0,
+           "binary_evals": 0,
            "predict_seconds": 0.0, "evals": {"predict": [], "fast": [], "binary": []},
            "counts": {"predict": [], "fast": [], "binary": []}, "T": T}
     for i in range(patches.shape[1] // T):
@@ -253,9 +256,13 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
         out["exact"].append(exact.count)
         raw = lambda n: guess.margin(n) - bias  # noqa: E731  (the predictor alone)
         out["predicted"].append(clamp_count(predicted_crossing(raw, guess.counts), lo, hi))
-        # Where predict starts: corrected by the error on the block before, halfway to that block's count.
-        started = first_estimate(guess.margin, guess.counts, lo, hints["predict"][0])
-        out["started"].append(clamp_count(started, lo, hi))
+        # Where predict starts: corrected by the error on the block before, halfway to that block's count;
+        # and the two estimates it combines, alone.
+        corrected = estimated_crossing(guess.margin, guess.counts, lo)
+        previous = hints["predict"][0]
+        out["started"].append(clamp_count(first_estimate(guess.margin, guess.counts, lo, previous), lo, hi))
+        out["corrected"].append(clamp_count(corrected, lo, hi))
+        out["previous"].append(clamp_count(corrected if previous is None else previous, lo, hi))
         for name in ("predict", "fast", "binary"):
             found = run_search(name, margin, lo, hi, *hints[name], tolerance=tolerance, tokens=T, guess=guess)
             hints[name] = found.count, found.slope
@@ -301,10 +308,15 @@ def bench_predict(model, clips: list[str], frames: int, fps, resolution, targets
               f"{100 * np.mean([err[i] for i in reachable]) if reachable else float('nan'):.2f}% over reachable ones; "
               f"median {100 * np.median(err):.2f}%; within 1/64 of the tokens on "
               f"{sum(e <= 1 / 64 for e in err)}/{len(err)}")
-        print(f"corrected by the error on the block before (where predict starts): "
+        print(f"corrected by the error on the block before and halfway to its count (where predict starts): "
               f"mean {100 * np.mean(err_start):.2f}%,"
               f" {100 * np.mean([err_start[i] for i in reachable]) if reachable else float('nan'):.2f}% over reachable "
               f"ones; within 1/64 on {sum(e <= 1 / 64 for e in err_start)}/{len(err)}")
+        alone = {k: np.mean([abs(a - b) / t for p in pairs for a, b, t in zip(p[k], p["exact"], repeat(p["T"]))])
+                 for k in ("corrected", "previous")}
+        print(f"predict's start combines two estimates, alone: the corrected prediction "
+              f"{100 * alone['corrected']:.2f}%, the block before's count {100 * alone['previous']:.2f}% "
+              "(a clip's first block: the prediction)")
         print(f"a prediction costs {1000 * prediction_cost:.1f} ms = {relative:.3f} of a full pass "
               f"({1000 * per_eval:.0f} ms)")
         same = {k: sum(sum(p["evals"][k]) for p in pairs) / len(exact) for k in ("predict", "fast", "binary")}
@@ -313,7 +325,8 @@ def bench_predict(model, clips: list[str], frames: int, fps, resolution, targets
         # Tokens against exact binary's on the same curves: over all blocks, and over the reachable ones alone
         # (blocks that keep every token whatever the search dilute the cost of a tolerance).
         counts = {k: [n for p in pairs for n in p["counts"][k]] for k in same}
-        cost = lambda k, idx: 100 * (sum(counts[k][i] for i in idx) / max(1, sum(exact[i] for i in idx)) - 1)  # noqa: E731
+        cost = lambda k, idx: (100 * (sum(counts[k][i] for i in idx) / sum(exact[i] for i in idx) - 1)  # noqa: E731
+                               if len(idx) else float("nan"))
         print("same context, total tokens against exact binary (all blocks / reachable ones): "
               + ", ".join(f"{k} {cost(k, range(len(exact))):+.2f}% / {cost(k, reachable):+.2f}%" for k in same))
         if not separate:
