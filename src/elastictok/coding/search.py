@@ -402,9 +402,10 @@ def first_estimate(guess: Callable[[int], float], counts: list[int], lo: int, st
     """Where ``predict`` looks first: the crossing of ``guess`` (:func:`estimated_crossing`), moved halfway
     in log count to ``start``, the count the block before took, where there is one and ``guess`` crosses.
 
-    The blocks of a video change slowly, so the count the block before took is an estimate about as good
-    as the prediction; their geometric mean was closer to the exact count than either on the development
-    clips. Only the first probe uses it: later ones aim with the prediction corrected by what they measured.
+    The blocks of a video change slowly, so the count the block before took is a good estimate, while the
+    prediction sees a change in the content; their geometric mean was closer to the exact count than the
+    prediction at every target on the development clips. Only the first probe uses it: later ones aim
+    with the prediction corrected by what they measured.
     """
     c = estimated_crossing(guess, counts, lo)
     return c if start is None or not math.isfinite(c) else math.sqrt(c * start)
