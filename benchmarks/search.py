@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import time
 from fractions import Fraction
-from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -238,9 +237,9 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
     patches = model.patchify(model.pad_frames(video))
     state, last, bias = model.new_state(frame_size), None, 0.0
     hints = {name: (None, None) for name in ("predict", "fast", "binary")}  # each search's own earlier count
-    out = {"exact": [], "predicted": [], "started": [], "corrected": [], "previous": [], "binary_seconds": 0.0,
-           "binary_evals": 0,
-           "predict_seconds": 0.0, "evals": {"predict": [], "fast": [], "binary": []},
+    out = {"exact": [], "predicted": [], "started": [], "corrected": [], "previous": [],
+           "binary_seconds": 0.0, "binary_evals": 0, "predict_seconds": 0.0,
+           "evals": {"predict": [], "fast": [], "binary": []},
            "counts": {"predict": [], "fast": [], "binary": []}, "T": T}
     for i in range(patches.shape[1] // T):
         block = patches[:, i * T : (i + 1) * T]
@@ -260,7 +259,7 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
         # and the two estimates it combines, alone.
         corrected = estimated_crossing(guess.margin, guess.counts, lo)
         previous = hints["predict"][0]
-        out["started"].append(clamp_count(first_estimate(guess.margin, guess.counts, lo, previous), lo, hi))
+        out["started"].append(clamp_count(first_estimate(corrected, previous), lo, hi))
         out["corrected"].append(clamp_count(corrected, lo, hi))
         out["previous"].append(clamp_count(corrected if previous is None else previous, lo, hi))
         for name in ("predict", "fast", "binary"):
@@ -291,11 +290,10 @@ def bench_predict(model, clips: list[str], frames: int, fps, resolution, targets
         pairs = [predictor_pairs(model, v, target, context_blocks, tolerance) for v in videos]
         T = [p["T"] for p in pairs for _ in p["exact"]]
         exact = [n for p in pairs for n in p["exact"]]
-        predicted = [n for p in pairs for n in p["predicted"]]
-        started = [n for p in pairs for n in p["started"]]
         reachable = [i for i in range(len(exact)) if exact[i] < T[i]]
-        err = [abs(a - b) / t for a, b, t in zip(predicted, exact, T)]
-        err_start = [abs(a - b) / t for a, b, t in zip(started, exact, T)]
+        # |estimate - exact| as a share of the block's tokens, for each block, of one estimate.
+        off = lambda key: [abs(n - e) / t for n, e, t in zip((n for p in pairs for n in p[key]), exact, T)]  # noqa: E731
+        err, err_start = off("predicted"), off("started")
         binary_seconds = sum(p["binary_seconds"] for p in pairs)
         binary_evals = sum(p["binary_evals"] for p in pairs)
         per_eval = binary_seconds / max(1, binary_evals)
@@ -312,10 +310,8 @@ def bench_predict(model, clips: list[str], frames: int, fps, resolution, targets
               f"mean {100 * np.mean(err_start):.2f}%,"
               f" {100 * np.mean([err_start[i] for i in reachable]) if reachable else float('nan'):.2f}% over reachable "
               f"ones; within 1/64 on {sum(e <= 1 / 64 for e in err_start)}/{len(err)}")
-        alone = {k: np.mean([abs(a - b) / t for p in pairs for a, b, t in zip(p[k], p["exact"], repeat(p["T"]))])
-                 for k in ("corrected", "previous")}
         print(f"predict's start combines two estimates, alone: the corrected prediction "
-              f"{100 * alone['corrected']:.2f}%, the block before's count {100 * alone['previous']:.2f}% "
+              f"{100 * np.mean(off('corrected')):.2f}%, the block before's count {100 * np.mean(off('previous')):.2f}% "
               "(a clip's first block: the prediction)")
         print(f"a prediction costs {1000 * prediction_cost:.1f} ms = {relative:.3f} of a full pass "
               f"({1000 * per_eval:.0f} ms)")

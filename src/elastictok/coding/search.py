@@ -367,8 +367,7 @@ def predict(
     counts = counts or list(range(lo, hi + 1))
     k = stride(slack)
     a, b = lo - 1, hi + 1  # every count <= a fails (or lies below the range); b passes (or lies above)
-
-    n = clamp_count(_above(first_estimate(guess, counts, lo, start), k), lo, hi)
+    n = clamp_count(_above(first_estimate(estimated_crossing(guess, counts, lo), start), k), lo, hi)
     width, halvings, reach = None, 0, 0.0
     while True:
         if probe(n):
@@ -398,17 +397,16 @@ def predict(
             n = _aim(a, b, b - move if b <= hi else a + move, k)
 
 
-def first_estimate(guess: Callable[[int], float], counts: list[int], lo: int, start: int | None) -> float:
-    """Where ``predict`` looks first: the crossing of ``guess`` (:func:`estimated_crossing`), moved halfway
-    in log count to ``start``, the count the block before took, where there is one and ``guess`` crosses.
+def first_estimate(crossing: float, start: int | None) -> float:
+    """Where ``predict`` looks first: the predicted ``crossing`` (:func:`estimated_crossing`), moved halfway
+    in log count to ``start``, the count the block before took, where there is one and the guess crosses.
 
     The blocks of a video change slowly, so the count the block before took is a good estimate, while the
     prediction sees a change in the content; their geometric mean was closer to the exact count than the
     prediction at every target on the development clips. Only the first probe uses it: later ones aim
     with the prediction corrected by what they measured.
     """
-    c = estimated_crossing(guess, counts, lo)
-    return c if start is None or not math.isfinite(c) else math.sqrt(c * start)
+    return crossing if start is None or not math.isfinite(crossing) else math.sqrt(crossing * start)
 
 
 def _steeper_distance(guess: Callable[[int], float], n: int, margin: float, lo: int, hi: int) -> float:
