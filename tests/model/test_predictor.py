@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from elastictok import ElasticTok
-from elastictok.model.predictor import BLOCK_FEATURES, TOKEN_FEATURES, CountPredictor, PredictorConfig, block_features
+from elastictok.model.predictor import (
+    BLOCK_FEATURES,
+    TOKEN_FEATURES,
+    CountPredictor,
+    PastSlice,
+    PredictorConfig,
+    block_features,
+)
 from elastictok.utils.pretrained import read_checksums
 from helpers import random_video, tiny
 
@@ -27,13 +34,30 @@ def test_features_see_change_only_where_there_is_a_reference():
     assert (tokens[0, :per_slice, has_ref] == 0).all() and (tokens[0, per_slice:, has_ref] == 1).all()
     assert (tokens[0, :per_slice, change] == 0).all()  # no reference, no change
     previous = patches[:, -per_slice:]
-    with_past, block_past = block_features(patches, model.config.patch_size, grid, previous)
+    with_past, block_past = block_features(patches, model.config.patch_size, grid, PastSlice(previous, previous))
     assert (with_past[0, :, has_ref] == 1).all() and block_past[0, 3] == 1
     # A still block repeats its first slice: the least change after it.
     still = model.patchify(video[:, :, :1].expand(-1, -1, 4, -1, -1))
     t, _ = block_features(still, model.config.patch_size, grid)
     assert torch.allclose(t[0, per_slice:, change], t[0, per_slice:, change].min())
     assert (t[0, per_slice:, change] < tokens[0, per_slice:, change]).all()
+
+
+def test_the_context_error_is_read_at_each_place_for_every_slice():
+    model = tiny("tiny-axial")
+    patches = model.patchify(random_video(1, 4, (32, 48)))
+    grid = model.config.grid((32, 48))
+    per_slice, context_error = grid[1] * grid[2], 9  # feature column
+    source = patches[:, -per_slice:]
+    recon = source.clone()
+    recon[:, 0] += 0.5  # the context is wrong at the first place only
+    tokens, block = block_features(patches, model.config.patch_size, grid, PastSlice(recon, source))
+    errors = tokens[0, :, context_error].reshape(-1, per_slice)  # (slices, places)
+    assert (errors[:, 0] > errors[:, 1]).all() and (errors == errors[:1]).all()
+    exact, exact_block = block_features(patches, model.config.patch_size, grid, PastSlice(source, source))
+    assert block[0, 5] > exact_block[0, 5]
+    none, _ = block_features(patches, model.config.patch_size, grid)
+    assert (none[0, :, context_error] == 0).all()
 
 
 def test_prediction_shapes_and_more_tokens_can_be_read_at_any_count():

@@ -20,7 +20,8 @@ from elastictok.train.predictor import PredictorTraining, crossing_count, load_c
 from elastictok.utils.pretrained import read_checksums, weights_digest
 from helpers import random_video, tiny
 
-FAST = dict(max_images=3, max_videos=1, blocks_per_video=2, counts_per_block=4, epochs=3, hidden_size=8)
+FAST = dict(max_images=3, max_videos=1, blocks_per_video=2, counts_per_block=4, epochs=3, hidden_size=8,
+            still_clips=0)
 
 
 def smooth_video(frames: int, size=(32, 32), seed=0) -> torch.Tensor:
@@ -54,6 +55,26 @@ def test_train_predictor_writes_a_model_directory_with_a_predictor(tmp_path, mod
     assert len(load_curves(curves, weights_digest(model_dir))[0]) == 5
     with pytest.raises(ValueError, match="other model weights"):
         load_curves(curves, "0" * 64)
+
+
+def test_still_clips_repeat_an_image_and_leave_the_other_curves_as_they_were(tmp_path, model_dir, data):
+    model = ElasticTok.from_pretrained(model_dir)
+    plain = PredictorTraining(resolutions=(32,), **FAST)
+    stills = PredictorTraining(resolutions=(32,), **dict(FAST, still_clips=2), still_blocks=3)
+    train_predictor(model, model_dir, [data / "images"], [data / "videos"], tmp_path / "a", plain,
+                    tmp_path / "a.pt", log=lambda s: None)
+    summary = train_predictor(model, model_dir, [data / "images"], [data / "videos"], tmp_path / "b", stills,
+                              tmp_path / "b.pt", log=lambda s: None)
+    assert summary["blocks"] == 5 + 2 * 3 and summary["video_blocks"] == 2 + 2 * 3
+    before = load_curves(tmp_path / "a.pt", weights_digest(model_dir))[0]
+    after = load_curves(tmp_path / "b.pt", weights_digest(model_dir))[0]
+    assert all(torch.equal(x.mse, y.mse) and torch.equal(x.counts, y.counts) for x, y in zip(before, after))
+    clip = after[5:8]  # the first still clip: one image three times; each block after the first has a past
+    assert all(torch.equal(c.patches, clip[0].patches) for c in clip) and clip[0].previous is None
+    assert all(c.previous is not None and torch.equal(c.previous_source, clip[0].patches[-c.previous.shape[0]:])
+               for c in clip[1:])
+    with pytest.raises(ValueError, match="--still-blocks"):
+        PredictorTraining(still_blocks=0)
 
 
 def test_focused_counts_land_where_the_measured_curve_crosses_the_level(tmp_path, model_dir, data, monkeypatch):
@@ -133,8 +154,17 @@ def test_the_verb_trains_and_refuses_bad_input_in_one_line(tmp_path, model_dir, 
            "--epochs", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout[done.stdout.index("{"):])["blocks"] == 3
+    assert json.loads(done.stdout[done.stdout.index("{"):])["blocks"] == 3 + 2 * 3  # and the images as still clips
     assert ElasticTok.from_pretrained(out).predictor is not None
+    # A predictor that no longer loads (made for other weights, say) is replaced in place, not refused.
+    config = json.loads((out / "predictor.json").read_text())
+    (out / "predictor.json").write_text(json.dumps(dict(config, for_weights="0" * 64)))
+    with pytest.raises(ValueError, match="other"):
+        ElasticTok.from_pretrained(out)
+    again = subprocess.run([*cmd[:cmd.index("--model")], "--model", str(out), *cmd[cmd.index("--model") + 2:-2],
+                            "--still-clips", "0", "-o", str(out)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert ElasticTok.from_pretrained(out).predictor.config.for_weights == weights_digest(model_dir)
     image = data / "images" / "a" / "0.png"
     encoded = subprocess.run([sys.executable, "-m", "elastictok", "encode", str(image), "--model", str(out),
                               "--metric", "mse", "--threshold", "0.2", "-o", str(tmp_path / "a.etok")],

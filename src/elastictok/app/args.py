@@ -59,10 +59,10 @@ def check_device(text: str) -> torch.device:
     return device
 
 
-def load_model(args) -> ElasticTok:
+def load_model(args, companions: bool = True) -> ElasticTok:
     if args.model:
-        return load_pretrained(args.model, device=args.device)
-    model, trained = load_default_model(device=args.device)
+        return load_pretrained(args.model, device=args.device, companions=companions)
+    model, trained = load_default_model(device=args.device, companions=companions)
     if not trained:
         print(UNTRAINED_NOTE.format(preset="small"), file=sys.stderr)
     return model

@@ -16,7 +16,7 @@ def cmd_train_predictor(args) -> int:
         resolutions=tuple(args.resolution), max_images=args.max_images, max_videos=args.max_videos,
         blocks_per_video=args.blocks_per_video, counts_per_block=args.counts_per_block,
         focus_counts=args.focus_counts, focus_mse=tuple(args.focus_mse), epochs=args.epochs,
-        seed=args.seed,
+        still_clips=args.still_clips, still_blocks=args.still_blocks, seed=args.seed,
     )
     for folder in [*args.images, *args.videos]:
         if not folder.is_dir():
@@ -24,7 +24,7 @@ def cmd_train_predictor(args) -> int:
     if not args.images and not args.videos:
         raise ValueError("give training data with --images and/or --videos")
     check_output_dir(args.output)
-    model = load_model(args)
+    model = load_model(args, companions=False)  # its predictor, if any, is being replaced
     with Undo() as undo:
         undo.dirs(args.output)
         for name in ("predictor.json", "predictor.safetensors"):
@@ -54,6 +54,10 @@ def add_parser(sub) -> None:
     p.add_argument("--focus-mse", nargs=2, type=float, default=list(PredictorTraining.focus_mse),
                    metavar=("LOW", "HIGH"),
                    help="range of MSE levels (on [-1, 1] pixels) the focused counts aim at: the usual targets")
+    p.add_argument("--still-clips", type=int, default=PredictorTraining.still_clips,
+                   help="of the images, how many to measure also as still clips (static scenes)")
+    p.add_argument("--still-blocks", type=int, default=PredictorTraining.still_blocks,
+                   help="blocks per still clip")
     p.add_argument("--epochs", type=int, default=120)
     p.add_argument("--seed", type=int, default=0)
     add_model_args(p)

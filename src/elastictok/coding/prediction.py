@@ -11,7 +11,7 @@ from elastictok.coding.search import Guess
 from elastictok.coding.target import Target
 from elastictok.metrics.pixel import mse_to_psnr
 from elastictok.model.autoencoder import ElasticTok
-from elastictok.model.predictor import block_features
+from elastictok.model.predictor import PastSlice, block_features
 
 PREDICTED_METRICS = ("mse", "psnr")
 # Counts the predicted curve is read at (log-spaced); between them it is interpolated in log count.
@@ -19,8 +19,8 @@ READ_POINTS = 32
 
 
 def last_slice(model: ElasticTok, recon: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:
-    """A coded block's reconstructed patches (B, T, P) -> its last time slice (B, rows * cols, P) in
-    [-1, 1]: what the next block's first slice is compared with."""
+    """A block's patches (B, T, P), coded or not -> its last time slice (B, rows * cols, P) in [-1, 1]:
+    what the next block's first slice is compared with."""
     _, rows, cols = model.config.grid(frame_size)
     return recon[:, -rows * cols:].float().clamp(-1, 1)
 
@@ -31,11 +31,11 @@ def read_counts(lo: int, hi: int, num: int = READ_POINTS) -> list[int]:
 
 @torch.no_grad()
 def predicted_guess(
-    model: ElasticTok, patches: torch.Tensor, previous: torch.Tensor | None, frame_size: tuple[int, int],
+    model: ElasticTok, patches: torch.Tensor, previous: PastSlice | None, frame_size: tuple[int, int],
     target: Target, lo: int, hi: int, bias: float = 0.0,
 ) -> Guess:
     """The guess of ``model.predictor`` for one block's patches (1, T, P); ``previous`` is the context's
-    last reconstructed time slice (1, rows * cols, P), None at a keyframe. ``bias`` is added to every
+    last time slice, None at a keyframe. ``bias`` is added to every
     margin (the error the guess made on the block before)."""
     if target.metric not in PREDICTED_METRICS:
         raise ValueError(f"the predictor predicts {' and '.join(PREDICTED_METRICS)}, not {target.metric}: "

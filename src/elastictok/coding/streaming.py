@@ -25,6 +25,7 @@ from elastictok.coding.search import run_search
 from elastictok.coding.target import BlockScorer, default_target
 from elastictok.metrics.pixel import mse_to_psnr
 from elastictok.model.autoencoder import ElasticTok, KVCache, StreamState
+from elastictok.model.predictor import PastSlice
 
 
 @dataclass
@@ -137,7 +138,8 @@ def code_blocks(
         step = coder.final(n)
         model.commit(state, step, options.context_blocks)
         if search == "predict":
-            context = last_slice(model, step.recon, state.frame_size)
+            context = PastSlice(last_slice(model, step.recon, state.frame_size),
+                                last_slice(model, patches, state.frame_size))
         value = coder.values.get(n)
         if value is None:
             value = scorer(step.recon, patches)

@@ -22,12 +22,25 @@ from torch import nn
 from elastictok.utils.pretrained import PretrainedMixin
 
 # Per token: log detail in three bands, the neighbourhood's detail, brightness, share of clipped pixels,
-# log change from its reference, whether it has one, its time slice.
-TOKEN_FEATURES = 9
-# Per block: mean detail, its spread over the block, mean change, whether it has a past, log tokens.
-BLOCK_FEATURES = 5
+# log change from its reference, whether it has one, its time slice, the log error of the context's
+# reconstruction at its place.
+TOKEN_FEATURES = 10
+# Per block: mean detail, its spread over the block, mean change, whether it has a past, log tokens,
+# the context's mean log error.
+BLOCK_FEATURES = 6
 COUNT_FEATURES = 4  # kept fraction, token kept, its reference kept, how far past the kept prefix (in slices)
 _EPS = 1e-4
+
+
+@dataclass(frozen=True)
+class PastSlice:
+    """The context's last time slice, (B, rows * cols, P) in [-1, 1]: as the decoder has it and as it was.
+
+    A still block is copied from ``recon``, so it cannot be reconstructed better than ``recon`` matches
+    ``source``; the change from ``recon`` alone does not tell that error from motion."""
+
+    recon: torch.Tensor
+    source: torch.Tensor
 
 
 @dataclass
@@ -63,10 +76,10 @@ def _pool(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def block_features(
     patches: torch.Tensor, patch_size: tuple[int, int, int], grid: tuple[int, int, int],
-    previous: torch.Tensor | None = None,
+    previous: PastSlice | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """patches (B, T, P) in [-1, 1]; ``previous`` (B, rows * cols, P): the context's last reconstructed
-    time slice, or None at a keyframe. Returns token features (B, T, F) and block features (B, 5)."""
+    """patches (B, T, P) in [-1, 1]; ``previous``: the context's last time slice, None at a keyframe.
+    Returns token features (B, T, TOKEN_FEATURES) and block features (B, BLOCK_FEATURES)."""
     tp, hp, wp = patch_size
     S, gh, gw = grid
     B, T, _ = patches.shape
@@ -82,7 +95,12 @@ def block_features(
     brightness = mean.mean((3, 4, 5, 6))
     clipped = (x.abs() > 0.95).float().mean((3, 4, 5, 6))
     has_past = previous is not None
-    first = previous.float().reshape(B, 1, gh * gw, tp, hp, wp, 3) if has_past else torch.zeros_like(x[:, :1])
+    first = previous.recon.float().reshape(B, 1, gh * gw, tp, hp, wp, 3) if has_past else torch.zeros_like(x[:, :1])
+    # The context's error at each place, the same for every slice: copying carries it forward.
+    context_error = torch.zeros_like(x[:, :, :, 0, 0, 0, 0])  # (B, S, N)
+    if has_past:
+        error = (previous.recon.float() - previous.source.float()).pow(2).mean(-1)  # (B, N)
+        context_error = _log(error)[:, None].expand(B, S, gh * gw)
     reference = torch.cat((first, x[:, :-1]), dim=1)
     change = (x - reference).pow(2).mean((3, 4, 5, 6))  # (B, S, N)
     has_ref = torch.ones_like(change)
@@ -94,11 +112,12 @@ def block_features(
     slice_pos = (torch.arange(S, device=x.device, dtype=x.dtype) / S)[None, :, None].expand(B, S, gh * gw)
     tokens = torch.stack((
         _log(fine), _log(middle), _log(coarse), around.reshape(B, S, gh * gw), brightness, clipped,
-        _log(change) * has_ref, has_ref, slice_pos,
+        _log(change) * has_ref, has_ref, slice_pos, context_error,
     ), -1).reshape(B, T, TOKEN_FEATURES)  # (B, T, F), time-major then raster
     past = torch.full((B,), float(has_past), device=x.device)
     size = torch.full((B,), float(torch.log(torch.tensor(float(T)))) / 8, device=x.device)
-    block = torch.stack((detail.mean((1, 2)), around.reshape(B, -1).std(1), tokens[..., 6].mean(1), past, size), -1)
+    block = torch.stack((detail.mean((1, 2)), around.reshape(B, -1).std(1), tokens[..., 6].mean(1), past, size,
+                         context_error.mean((1, 2))), -1)
     return tokens, block
 
 
@@ -124,7 +143,8 @@ class CountPredictor(PretrainedMixin, nn.Module):
     def forward(
         self, tokens: torch.Tensor, block: torch.Tensor, counts: torch.Tensor, slice_tokens: int, has_past: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B, T, 5), block (B, 5), counts (K,) -> (log MSE (B, K), log of its spread (B, K)).
+        """tokens (B, T, TOKEN_FEATURES), block (B, BLOCK_FEATURES), counts (K,) -> (log MSE (B, K), log of
+        its spread (B, K)).
 
         ``slice_tokens`` is rows x cols (a token's reference is that many positions earlier)."""
         B, T, _ = tokens.shape

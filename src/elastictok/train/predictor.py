@@ -29,7 +29,7 @@ from elastictok.coding.target import BlockScorer
 from elastictok.files.source import Source
 from elastictok.media.io import IMAGE_EXTS, VIDEO_EXTS, media_files, to_uint8, to_unit
 from elastictok.model.autoencoder import ElasticTok
-from elastictok.model.predictor import CountPredictor, PredictorConfig, block_features
+from elastictok.model.predictor import CountPredictor, PastSlice, PredictorConfig, block_features
 from elastictok.utils.files import atomic_path, one_line
 from elastictok.utils.pretrained import CONFIG_NAME, WEIGHTS_NAME, record_checksums, weights_digest
 
@@ -38,7 +38,9 @@ from elastictok.utils.pretrained import CONFIG_NAME, WEIGHTS_NAME, record_checks
 class PredictorTraining:
     """What to measure and how long to fit. Sources are spread evenly over the sub-folders given
     (classes, video sources); ``resolutions`` are cycled through, one per source. ``focus_counts`` of
-    each block's ``counts_per_block`` are placed near crossings of MSE levels in ``focus_mse``."""
+    each block's ``counts_per_block`` are placed near crossings of MSE levels in ``focus_mse``.
+    ``still_clips`` of the images picked are also measured as still clips (the image repeated for
+    ``still_blocks`` blocks): in a still scene a block is copied from its context, errors and all."""
 
     resolutions: tuple[int, ...] = (112,)
     max_images: int = 240
@@ -49,13 +51,15 @@ class PredictorTraining:
     focus_mse: tuple[float, float] = (0.01, 0.04)
     epochs: int = 120
     hidden_size: int = 32
+    still_clips: int = 48
+    still_blocks: int = 3
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_images", "max_videos", "blocks_per_video", "counts_per_block", "focus_counts", "epochs",
-                     "hidden_size"):
+                     "hidden_size", "still_clips", "still_blocks"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name.startswith(("max", "focus")) else 1):
+            if not isinstance(value, int) or value < (0 if name.startswith(("max", "focus", "still_c")) else 1):
                 raise ValueError(f"expected --{name.replace('_', '-')} to be a whole number, got {value!r}")
         if self.focus_counts >= self.counts_per_block - 1:
             raise ValueError(f"expected --focus-counts below --counts-per-block minus 1 ({self.counts_per_block - 1}), "
@@ -73,6 +77,7 @@ class Curve:
 
     patches: torch.Tensor  # (T, P) uint8
     previous: torch.Tensor | None  # (rows * cols, P) uint8: the context's last reconstructed slice
+    previous_source: torch.Tensor | None  # (rows * cols, P) uint8: that slice as it was
     grid: tuple[int, int, int]
     counts: torch.Tensor  # (K,) int64
     mse: torch.Tensor  # (K,) float32
@@ -123,7 +128,7 @@ def block_curves(
     """Measure the curve of each (1, 3, F, H, W) block in order, committing one measured count of each."""
     state, scorer = None, None
     window = model.config.default_context_blocks
-    previous = None
+    previous = previous_source = None
     for block in blocks:
         if state is None:
             frame_size = tuple(block.shape[-2:])
@@ -145,27 +150,37 @@ def block_curves(
                 steps[n] = coder.step(n)
                 mse[n] = scorer(steps[n].recon, patches)
                 counts = sorted(steps)
-        yield Curve(to_uint8(patches[0].cpu()), previous, grid, torch.tensor(counts),
+        yield Curve(to_uint8(patches[0].cpu()), previous, previous_source, grid, torch.tensor(counts),
                     torch.tensor([mse[n] for n in counts]), video)
         step = steps[rng.choice(counts)]
         model.commit(state, step, window)
         previous = to_uint8(last_slice(model, step.recon, frame_size)[0].cpu())
+        previous_source = to_uint8(last_slice(model, patches, frame_size)[0].cpu())
 
 
 def measure_curves(
     model: ElasticTok, sources: list[Path], opts: PredictorTraining,
     on_source: Callable[[int, Path, int], None] | None = None,
 ) -> list[Curve]:
-    """Curves of the blocks of ``sources`` (an image is one block; a video its first ``blocks_per_video``)."""
+    """Curves of the blocks of ``sources`` (an image is one block; a video its first ``blocks_per_video``),
+    then of the first ``still_clips`` images as still clips (with a random stream of their own, so that
+    adding them leaves the other curves as they were)."""
     rng = random.Random(opts.seed)
     curves: list[Curve] = []
     F = model.config.frames_per_block
-    for i, path in enumerate(sources):
+    images = [p for p in sources if p.suffix.lower() in IMAGE_EXTS][:opts.still_clips]
+    for i, (path, still) in enumerate([(p, False) for p in sources] + [(p, True) for p in images]):
+        if still and i == len(sources):
+            rng = random.Random(opts.seed + 1)
         resolution = opts.resolutions[i % len(opts.resolutions)]
         source = Source.open(path, model, resolution=resolution, max_frames=opts.blocks_per_video * F)
         before = len(curves)
-        blocks = (block for block, _ in blocks_of(source.frames(), F))
-        curves += block_curves(model, blocks, opts, rng, source.is_video)
+        if still:
+            block = next(blocks_of(source.frames(), F))[0]
+            blocks: Iterator[torch.Tensor] = (block for _ in range(opts.still_blocks))
+        else:
+            blocks = (block for block, _ in blocks_of(source.frames(), F))
+        curves += block_curves(model, blocks, opts, rng, source.is_video or still)
         if on_source is not None:
             on_source(i, path, len(curves) - before)
     return curves
@@ -173,7 +188,8 @@ def measure_curves(
 
 def save_curves(curves: list[Curve], path: str | Path, seconds: float, for_weights: str) -> None:
     data = {"seconds": seconds, "for_weights": for_weights, "curves": [
-        {"patches": c.patches, "previous": c.previous, "grid": list(c.grid), "counts": c.counts, "mse": c.mse,
+        {"patches": c.patches, "previous": c.previous, "previous_source": c.previous_source,
+         "grid": list(c.grid), "counts": c.counts, "mse": c.mse,
          "video": c.video} for c in curves]}
     with atomic_path(path) as temp:
         torch.save(data, temp)
@@ -184,7 +200,8 @@ def load_curves(path: str | Path, for_weights: str) -> tuple[list[Curve], float]
     seconds their measurement took."""
     try:
         data = torch.load(path, weights_only=True)
-        curves = [Curve(c["patches"], c["previous"], tuple(c["grid"]), c["counts"], c["mse"], c["video"])
+        curves = [Curve(c["patches"], c["previous"], c["previous_source"], tuple(c["grid"]), c["counts"], c["mse"],
+                        c["video"])
                   for c in data["curves"]]
         seconds, made_for = float(data["seconds"]), str(data["for_weights"])
     except (OSError, RuntimeError, KeyError, TypeError, EOFError, ValueError) as err:
@@ -195,7 +212,9 @@ def load_curves(path: str | Path, for_weights: str) -> tuple[list[Curve], float]
 
 
 def curve_inputs(curve: Curve, patch_size: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    previous = None if curve.previous is None else to_unit(curve.previous)[None]
+    previous = None
+    if curve.previous is not None:
+        previous = PastSlice(to_unit(curve.previous)[None], to_unit(curve.previous_source)[None])
     return block_features(to_unit(curve.patches)[None], patch_size, curve.grid, previous)
 
 
@@ -276,6 +295,7 @@ def train_predictor(
                round(measure_seconds, 1), "fit_seconds": round(fit_seconds, 1), **stats,
                "resolutions": list(opts.resolutions), "counts_per_block": opts.counts_per_block,
                "focus_counts": opts.focus_counts, "focus_mse": list(opts.focus_mse),
+               "still_clips": opts.still_clips, "still_blocks": opts.still_blocks,
                "epochs": opts.epochs, "seed": opts.seed}
     predictor.config.extra = summary
     out = Path(out)

@@ -129,7 +129,9 @@ class PretrainedMixin:
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu"):
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", companions: bool = True):
+        """The module saved in ``path``, with its companions unless ``companions`` is False (a verb that
+        replaces them need not read, nor be refused by, the ones there)."""
         config = load_config(cls.config_class, path, cls.config_name, cls.weights_name)
         state = load_weights(path, device, cls.weights_name)
         with torch.device("meta"):  # no random init of weights that are about to be replaced
@@ -139,7 +141,7 @@ class PretrainedMixin:
         model.load_state_dict(state, strict=True, assign=True)
         model.init_nonpersistent(device)
         for attr, companion_class in cls.companions.items():
-            if (Path(path) / companion_class.config_name).is_file():
+            if companions and (Path(path) / companion_class.config_name).is_file():
                 setattr(model, attr, load_companion(companion_class, path, cls.weights_name, device))
         return model.eval()
 

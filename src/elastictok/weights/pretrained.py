@@ -11,9 +11,10 @@ from elastictok.model.config import ElasticTokConfig
 from elastictok.utils.pretrained import WEIGHTS_NAME
 
 
-def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> ElasticTok:
-    """A pretrained directory (``config.json`` + ``model.safetensors``) as an ElasticTok in eval mode."""
-    return ElasticTok.from_pretrained(path, device=device)
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu", companions: bool = True) -> ElasticTok:
+    """A pretrained directory (``config.json`` + ``model.safetensors``) as an ElasticTok in eval mode;
+    its predictor too, where there is one, unless ``companions`` is False."""
+    return ElasticTok.from_pretrained(path, device=device, companions=companions)
 
 
 def default_model_dir() -> Path:
@@ -21,7 +22,7 @@ def default_model_dir() -> Path:
     return Path(__file__).parent / "default_model"
 
 
-def load_default_model(device: str | torch.device = "cpu") -> tuple[ElasticTok, bool]:
+def load_default_model(device: str | torch.device = "cpu", companions: bool = True) -> tuple[ElasticTok, bool]:
     """The embedded default model and whether it is trained.
 
     If its weights are missing (a trimmed installation), this is a randomly initialised ``small`` model
@@ -29,7 +30,7 @@ def load_default_model(device: str | torch.device = "cpu") -> tuple[ElasticTok, 
     """
     directory = default_model_dir()
     if (directory / WEIGHTS_NAME).is_file():
-        return load_pretrained(directory, device=device), True
+        return load_pretrained(directory, device=device, companions=companions), True
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
     try:
