@@ -402,9 +402,9 @@ def first_estimate(crossing: float, start: int | None) -> float:
     in log count to ``start``, the count the block before took, where there is one and the guess crosses.
 
     The blocks of a video change slowly, so the count the block before took is a good estimate, while the
-    prediction sees a change in the content; their geometric mean was closer to the exact count than the
-    prediction at every target on the development clips. Only the first probe uses it: later ones aim
-    with the prediction corrected by what they measured.
+    prediction sees a change in the content; on the development clips their geometric mean was about as
+    close to the exact count as the corrected prediction, or closer. Only the first probe uses it: later ones
+    aim with the prediction corrected by what they measured.
     """
     return crossing if start is None or not math.isfinite(crossing) else math.sqrt(crossing * start)
 
