@@ -108,6 +108,21 @@ def test_a_damaged_predictor_is_refused(tmp_path):
         ElasticTok.from_pretrained(tmp_path / "m")
 
 
+def test_a_predictor_of_another_shape_is_refused_with_what_to_do(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from elastictok.utils.pretrained import record_checksums
+
+    with_predictor(tmp_path / "m")
+    weights = tmp_path / "m" / "predictor.safetensors"
+    state = load_file(weights)
+    state["token_in.weight"] = state["token_in.weight"][:, :-1].contiguous()  # one token feature fewer
+    save_file(state, weights)
+    record_checksums(tmp_path / "m", ["predictor.safetensors"])
+    with pytest.raises(ValueError, match="does not match its config.*make it again or remove it"):
+        ElasticTok.from_pretrained(tmp_path / "m")
+
+
 def test_a_predictor_made_for_other_weights_is_refused(tmp_path):
     with_predictor(tmp_path / "m")
     other = tmp_path / "other"

@@ -151,7 +151,10 @@ class PretrainedMixin:
 
 def load_companion(companion_class: Any, path: str | Path, owner_weights: str, device: str | torch.device) -> Any:
     """A companion module from ``path``, refused unless it was made for the owner's weights there."""
-    companion = companion_class.from_pretrained(path, device)
+    try:
+        companion = companion_class.from_pretrained(path, device)
+    except ValueError as err:  # damaged, or of a shape another version made: either way it must be remade
+        raise ValueError(f"{err}; make it again or remove it") from None
     digest = weights_digest(path, owner_weights)
     if companion.config.for_weights != digest:
         raise ValueError(f"{Path(path) / companion_class.config_name} was made for other weights than "
