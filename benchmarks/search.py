@@ -31,7 +31,7 @@ import torch
 from elastictok.coding.adaptive import encode_adaptive
 from elastictok.coding.coder import BlockCoder
 from elastictok.coding.options import CodingOptions
-from elastictok.coding.prediction import last_slice, predicted_guess
+from elastictok.coding.prediction import past_slice, predicted_guess
 from elastictok.coding.search import (
     DEFAULT_TOLERANCE,
     Probe,
@@ -45,7 +45,6 @@ from elastictok.coding.search import (
 from elastictok.coding.target import BlockScorer, Target
 from elastictok.files.source import load_input
 from elastictok.metrics.pixel import block_mse
-from elastictok.model.predictor import PastSlice
 from elastictok.weights.pretrained import load_default_model, load_pretrained
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "dev" / "sam2"
@@ -272,7 +271,7 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
             out["counts"][name].append(found.count)
         step = coder.final(exact.count)
         model.commit(state, step, context_blocks)
-        last = PastSlice(last_slice(model, step.recon, frame_size), last_slice(model, block, frame_size))
+        last = past_slice(model, step.recon, block, frame_size)
     return out
 
 

@@ -18,11 +18,16 @@ PREDICTED_METRICS = ("mse", "psnr")
 READ_POINTS = 32
 
 
-def last_slice(model: ElasticTok, recon: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:
-    """A block's patches (B, T, P), coded or not -> its last time slice (B, rows * cols, P) in [-1, 1]:
-    what the next block's first slice is compared with."""
+def last_slice(model: ElasticTok, patches: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:
+    """A block's patches (B, T, P), coded or not -> its last time slice (B, rows * cols, P) in [-1, 1]."""
     _, rows, cols = model.config.grid(frame_size)
-    return recon[:, -rows * cols:].float().clamp(-1, 1)
+    return patches[:, -rows * cols:].float().clamp(-1, 1)
+
+
+def past_slice(model: ElasticTok, recon: torch.Tensor, patches: torch.Tensor, frame_size: tuple[int, int]) -> PastSlice:
+    """What the predictor reads of a coded block for the next one: its last slice, reconstructed (``recon``)
+    and as it was (``patches``)."""
+    return PastSlice(last_slice(model, recon, frame_size), last_slice(model, patches, frame_size))
 
 
 def read_counts(lo: int, hi: int, num: int = READ_POINTS) -> list[int]:

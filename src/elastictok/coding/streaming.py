@@ -20,12 +20,11 @@ import torch
 
 from elastictok.coding.coder import BlockCoder, depth_for_block, speculation_depth
 from elastictok.coding.options import CodingOptions, search_for
-from elastictok.coding.prediction import last_slice, predicted_guess
+from elastictok.coding.prediction import past_slice, predicted_guess
 from elastictok.coding.search import run_search
 from elastictok.coding.target import BlockScorer, default_target
 from elastictok.metrics.pixel import mse_to_psnr
 from elastictok.model.autoencoder import ElasticTok, KVCache, StreamState
-from elastictok.model.predictor import PastSlice
 
 
 @dataclass
@@ -138,8 +137,7 @@ def code_blocks(
         step = coder.final(n)
         model.commit(state, step, options.context_blocks)
         if search == "predict":
-            context = PastSlice(last_slice(model, step.recon, state.frame_size),
-                                last_slice(model, patches, state.frame_size))
+            context = past_slice(model, step.recon, patches, state.frame_size)
         value = coder.values.get(n)
         if value is None:
             value = scorer(step.recon, patches)

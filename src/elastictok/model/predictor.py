@@ -95,12 +95,13 @@ def block_features(
     brightness = mean.mean((3, 4, 5, 6))
     clipped = (x.abs() > 0.95).float().mean((3, 4, 5, 6))
     has_past = previous is not None
-    first = previous.recon.float().reshape(B, 1, gh * gw, tp, hp, wp, 3) if has_past else torch.zeros_like(x[:, :1])
     # The context's error at each place, the same for every slice: copying carries it forward.
-    context_error = torch.zeros_like(x[:, :, :, 0, 0, 0, 0])  # (B, S, N)
+    context_error = torch.zeros_like(brightness)  # (B, S, N)
+    first = torch.zeros_like(x[:, :1])
     if has_past:
-        error = (previous.recon.float() - previous.source.float()).pow(2).mean(-1)  # (B, N)
-        context_error = _log(error)[:, None].expand(B, S, gh * gw)
+        recon = previous.recon.float()
+        first = recon.reshape(B, 1, gh * gw, tp, hp, wp, 3)
+        context_error = _log((recon - previous.source.float()).pow(2).mean(-1))[:, None].expand(B, S, gh * gw)
     reference = torch.cat((first, x[:, :-1]), dim=1)
     change = (x - reference).pow(2).mean((3, 4, 5, 6))  # (B, S, N)
     has_ref = torch.ones_like(change)

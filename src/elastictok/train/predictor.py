@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from elastictok.coding.coder import BlockCoder
-from elastictok.coding.prediction import last_slice
+from elastictok.coding.prediction import past_slice
 from elastictok.coding.search import log_crossing
 from elastictok.coding.streaming import blocks_of
 from elastictok.coding.target import BlockScorer
@@ -56,10 +56,10 @@ class PredictorTraining:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("max_images", "max_videos", "blocks_per_video", "counts_per_block", "focus_counts", "epochs",
-                     "hidden_size", "still_clips", "still_blocks"):
+        may_be_zero = ("max_images", "max_videos", "focus_counts", "still_clips")
+        for name in (*may_be_zero, "blocks_per_video", "counts_per_block", "epochs", "hidden_size", "still_blocks"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name.startswith(("max", "focus", "still_c")) else 1):
+            if not isinstance(value, int) or value < (0 if name in may_be_zero else 1):
                 raise ValueError(f"expected --{name.replace('_', '-')} to be a whole number, got {value!r}")
         if self.focus_counts >= self.counts_per_block - 1:
             raise ValueError(f"expected --focus-counts below --counts-per-block minus 1 ({self.counts_per_block - 1}), "
@@ -154,8 +154,8 @@ def block_curves(
                     torch.tensor([mse[n] for n in counts]), video)
         step = steps[rng.choice(counts)]
         model.commit(state, step, window)
-        previous = to_uint8(last_slice(model, step.recon, frame_size)[0].cpu())
-        previous_source = to_uint8(last_slice(model, patches, frame_size)[0].cpu())
+        past = past_slice(model, step.recon, patches, frame_size)
+        previous, previous_source = to_uint8(past.recon[0].cpu()), to_uint8(past.source[0].cpu())
 
 
 def measure_curves(
@@ -165,24 +165,24 @@ def measure_curves(
     """Curves of the blocks of ``sources`` (an image is one block; a video its first ``blocks_per_video``),
     then of the first ``still_clips`` images as still clips (with a random stream of their own, so that
     adding them leaves the other curves as they were)."""
-    rng = random.Random(opts.seed)
     curves: list[Curve] = []
     F = model.config.frames_per_block
     images = [p for p in sources if p.suffix.lower() in IMAGE_EXTS][:opts.still_clips]
-    for i, (path, still) in enumerate([(p, False) for p in sources] + [(p, True) for p in images]):
-        if still and i == len(sources):
-            rng = random.Random(opts.seed + 1)
-        resolution = opts.resolutions[i % len(opts.resolutions)]
-        source = Source.open(path, model, resolution=resolution, max_frames=opts.blocks_per_video * F)
-        before = len(curves)
-        if still:
-            block = next(blocks_of(source.frames(), F))[0]
-            blocks: Iterator[torch.Tensor] = (block for _ in range(opts.still_blocks))
-        else:
-            blocks = (block for block, _ in blocks_of(source.frames(), F))
-        curves += block_curves(model, blocks, opts, rng, source.is_video or still)
-        if on_source is not None:
-            on_source(i, path, len(curves) - before)
+    runs = [(sources, False, random.Random(opts.seed)), (images, True, random.Random(opts.seed + 1))]
+    i = 0
+    for paths, still, rng in runs:
+        for path in paths:
+            resolution = opts.resolutions[i % len(opts.resolutions)]
+            source = Source.open(path, model, resolution=resolution, max_frames=opts.blocks_per_video * F)
+            blocks: Iterator[torch.Tensor] = (block for block, _ in blocks_of(source.frames(), F))
+            if still:
+                first = next(blocks)
+                blocks = (first for _ in range(opts.still_blocks))
+            before = len(curves)
+            curves += block_curves(model, blocks, opts, rng, source.is_video or still)
+            if on_source is not None:
+                on_source(i, path, len(curves) - before)
+            i += 1
     return curves
 
 
