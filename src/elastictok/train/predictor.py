@@ -168,21 +168,19 @@ def measure_curves(
     curves: list[Curve] = []
     F = model.config.frames_per_block
     images = [p for p in sources if p.suffix.lower() in IMAGE_EXTS][:opts.still_clips]
-    runs = [(sources, False, random.Random(opts.seed)), (images, True, random.Random(opts.seed + 1))]
-    i = 0
-    for paths, still, rng in runs:
-        for path in paths:
-            resolution = opts.resolutions[i % len(opts.resolutions)]
-            source = Source.open(path, model, resolution=resolution, max_frames=opts.blocks_per_video * F)
-            blocks: Iterator[torch.Tensor] = (block for block, _ in blocks_of(source.frames(), F))
-            if still:
-                first = next(blocks)
-                blocks = (first for _ in range(opts.still_blocks))
-            before = len(curves)
-            curves += block_curves(model, blocks, opts, rng, source.is_video or still)
-            if on_source is not None:
-                on_source(i, path, len(curves) - before)
-            i += 1
+    plain, stills = random.Random(opts.seed), random.Random(opts.seed + 1)
+    jobs = [(path, False, plain) for path in sources] + [(path, True, stills) for path in images]
+    for i, (path, still, rng) in enumerate(jobs):
+        resolution = opts.resolutions[i % len(opts.resolutions)]
+        source = Source.open(path, model, resolution=resolution, max_frames=opts.blocks_per_video * F)
+        blocks: Iterator[torch.Tensor] = (block for block, _ in blocks_of(source.frames(), F))
+        if still:
+            first = next(blocks)
+            blocks = (first for _ in range(opts.still_blocks))
+        before = len(curves)
+        curves += block_curves(model, blocks, opts, rng, source.is_video or still)
+        if on_source is not None:
+            on_source(i, path, len(curves) - before)
     return curves
 
 
