@@ -238,22 +238,26 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
     state, last, bias = model.new_state(frame_size), None, 0.0
     hints = {name: (None, None) for name in ("predict", "fast", "binary")}  # each search's own earlier count
     out = {"exact": [], "predicted": [], "started": [], "corrected": [], "previous": [],
-           "binary_seconds": 0.0, "binary_evals": 0, "predict_seconds": 0.0,
+           "floors": [], "binary_seconds": 0.0, "binary_evals": 0, "predict_seconds": 0.0,
            "evals": {"predict": [], "fast": [], "binary": []},
            "counts": {"predict": [], "fast": [], "binary": []}, "T": T}
     for i in range(patches.shape[1] // T):
         block = patches[:, i * T : (i + 1) * T]
         coder = BlockCoder(model, block, state, scorer)
-        margin = Probe(lambda n: target.margin(coder.evaluate(n, target.met))).value
+        probe = Probe(lambda n: target.margin(coder.evaluate(n, target.met)))
+        margin = probe.value
         start = time.perf_counter()
         exact = run_search("binary", margin, lo, hi, tolerance=0)
         out["binary_seconds"] += time.perf_counter() - start
+        measured_floor = probe.results.get(hi)  # every token: measured wherever binary climbed to it
         out["binary_evals"] += exact.evaluations
         start = time.perf_counter()
         guess = predicted_guess(model, block, last, frame_size, target, lo, hi, bias)
         out["predict_seconds"] += time.perf_counter() - start
         out["exact"].append(exact.count)
         raw = lambda n: guess.margin(n) - bias  # noqa: E731  (the predictor alone)
+        if measured_floor is not None:
+            out["floors"].append((raw(hi), measured_floor))
         out["predicted"].append(clamp_count(predicted_crossing(raw, guess.counts), lo, hi))
         # Where predict starts: corrected by the error on the block before, halfway to that block's count;
         # and the two estimates it combines, alone.
@@ -306,6 +310,15 @@ def bench_predict(model, clips: list[str], frames: int, fps, resolution, targets
               f"{100 * np.mean([err[i] for i in reachable]) if reachable else float('nan'):.2f}% over reachable ones; "
               f"median {100 * np.median(err):.2f}%; within 1/64 of the tokens on "
               f"{sum(e <= 1 / 64 for e in err)}/{len(err)}")
+        # Where the error lies: each clip's share of the mean, and its margin at every token, predicted and
+        # measured (averaged over the blocks where binary measured it): near-floor targets are the hard ones.
+        first = np.cumsum([0] + [len(p["exact"]) for p in pairs])
+        for clip, p, i in zip(clips, pairs, first):
+            floors = np.array(p["floors"]).reshape(-1, 2)
+            floor = (f"margin at every token predicted {floors[:, 0].mean():+.3f}, measured {floors[:, 1].mean():+.3f} "
+                     f"({len(floors)} blocks)" if len(floors) else "every token not measured (binary never tried it)")
+            print(f"  {Path(clip).name}: {100 * sum(err[i : i + len(p['exact'])]) / len(err):.2f} points of the mean; "
+                  + floor)
         print(f"corrected by the error on the block before and halfway to its count (where predict starts): "
               f"mean {100 * np.mean(err_start):.2f}%,"
               f" {100 * np.mean([err_start[i] for i in reachable]) if reachable else float('nan'):.2f}% over reachable "
