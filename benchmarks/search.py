@@ -245,19 +245,18 @@ def predictor_pairs(model, video, target: Target, context_blocks: int, tolerance
         block = patches[:, i * T : (i + 1) * T]
         coder = BlockCoder(model, block, state, scorer)
         probe = Probe(lambda n: target.margin(coder.evaluate(n, target.met)))
-        margin = probe.value
+        margin = probe.value  # memoised, so what binary measured (every token, where it climbed there) stays readable
         start = time.perf_counter()
         exact = run_search("binary", margin, lo, hi, tolerance=0)
         out["binary_seconds"] += time.perf_counter() - start
-        measured_floor = probe.results.get(hi)  # every token: measured wherever binary climbed to it
         out["binary_evals"] += exact.evaluations
         start = time.perf_counter()
         guess = predicted_guess(model, block, last, frame_size, target, lo, hi, bias)
         out["predict_seconds"] += time.perf_counter() - start
         out["exact"].append(exact.count)
         raw = lambda n: guess.margin(n) - bias  # noqa: E731  (the predictor alone)
-        if measured_floor is not None:
-            out["floors"].append((raw(hi), measured_floor))
+        if hi in probe.results:
+            out["floors"].append((raw(hi), probe.results[hi]))
         out["predicted"].append(clamp_count(predicted_crossing(raw, guess.counts), lo, hi))
         # Where predict starts: corrected by the error on the block before, halfway to that block's count;
         # and the two estimates it combines, alone.
